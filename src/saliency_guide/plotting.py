@@ -1,0 +1,218 @@
+"""Figures for attribution maps: the digit beside its map, and method grids.
+
+Conventions (the same on every page of the site):
+
+* A **signed** map uses the diverging colormap :data:`SIGNED_CMAP` centred on
+  zero with symmetric limits ``[-v, v]``: red pixels raise the explained logit,
+  blue pixels lower it, white pixels do not matter. Every signed panel has a
+  colourbar.
+* An **unsigned** map (a magnitude, or a CAM after its ReLU) uses
+  :data:`UNSIGNED_CMAP` from 0 to ``v``.
+* Panels compared in a column share one scale; ``v`` is a high percentile of
+  ``|map|`` (99.5 % by default) rather than the maximum, so that one extreme
+  pixel does not wash out the rest. Values beyond ``v`` saturate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "SIGNED_CMAP",
+    "UNSIGNED_CMAP",
+    "plot_attribution",
+    "plot_grid",
+    "symmetric_limit",
+]
+
+#: Diverging colormap for signed maps: blue < 0 < red, white at 0.
+SIGNED_CMAP = "RdBu_r"
+#: Sequential colormap for non-negative maps.
+UNSIGNED_CMAP = "magma"
+
+
+def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
+  x = np.asarray(x, np.float32)
+  if x.ndim == 3 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 2:
+    raise ValueError(f"{name}: expected an (H, W) or (H, W, 1) map, got shape {x.shape}")
+  return x
+
+
+def _as_stack(x: np.ndarray, name: str) -> np.ndarray:
+  x = np.asarray(x, np.float32)
+  if x.ndim == 4 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 3:
+    raise ValueError(f"{name}: expected maps (B, H, W) or (B, H, W, 1), got shape {x.shape}")
+  return x
+
+
+def symmetric_limit(maps: np.ndarray, percentile: float = 99.5) -> float:
+  """The colour limit ``v`` for ``maps``: the ``percentile`` of ``|maps|`` (> 0).
+
+  Args:
+    maps: any array of attributions.
+    percentile: in ``(0, 100]``; 100 gives the maximum absolute value.
+
+  Returns:
+    A positive float (``1.0`` when the maps are all zero, so a colourbar still draws).
+
+  Example:
+    >>> symmetric_limit(np.array([-4.0, 1.0, 2.0]), percentile=100)
+    4.0
+  """
+  if not 0 < percentile <= 100:
+    raise ValueError(f"percentile: expected a value in (0, 100], got {percentile}")
+  values = np.abs(np.asarray(maps, np.float64)).ravel()
+  limit = float(np.percentile(values, percentile)) if values.size else 0.0
+  if limit <= 0:
+    limit = float(values.max()) if values.size else 0.0
+  return limit if limit > 0 else 1.0
+
+
+def plot_attribution(
+    image: np.ndarray,
+    attribution: np.ndarray,
+    *,
+    ax: Sequence[Axes] | None = None,
+    title: str | None = None,
+    vmax: float | None = None,
+    signed: bool = True,
+    colorbar: bool = True,
+) -> Figure:
+  """The input digit and its attribution map, side by side.
+
+  Args:
+    image: the input, ``(H, W)`` or ``(H, W, 1)``, values in ``[0, 1]``.
+    attribution: the map, same spatial shape.
+    ax: two axes to draw into (default: a new figure).
+    title: title of the map panel.
+    vmax: colour limit (default :func:`symmetric_limit` of this map).
+    signed: diverging colormap on ``[-vmax, vmax]`` (else sequential on ``[0, vmax]``).
+    colorbar: draw a colourbar labelled with what colour means.
+
+  Returns:
+    The figure.
+
+  Example:
+    >>> import numpy as np
+    >>> fig = plot_attribution(np.zeros((28, 28)), np.eye(28) - 0.5, title="demo")
+    >>> len(fig.axes)  # digit, map, colourbar
+    3
+  """
+  image = _as_2d(image, "image")
+  attribution = _as_2d(attribution, "attribution")
+  if image.shape != attribution.shape:
+    raise ValueError(
+        f"attribution: expected the image's spatial shape {image.shape}, got {attribution.shape}"
+    )
+  if ax is None:
+    fig, ax = plt.subplots(1, 2, figsize=(5.2, 2.6), layout="constrained")
+  else:
+    fig = ax[0].figure
+  ax[0].imshow(image, cmap="gray_r", vmin=0, vmax=1)
+  ax[0].set_title("input")
+  v = symmetric_limit(attribution) if vmax is None else float(vmax)
+  im = _draw_map(ax[1], attribution, v, signed)
+  ax[1].set_title(title or "attribution")
+  for a in ax[:2]:
+    a.set_xticks([])
+    a.set_yticks([])
+  if colorbar:
+    _colorbar(fig, im, ax[1], signed)
+  return fig
+
+
+def _draw_map(ax: Axes, m: np.ndarray, v: float, signed: bool):
+  if signed:
+    return ax.imshow(m, cmap=SIGNED_CMAP, vmin=-v, vmax=v)
+  return ax.imshow(m, cmap=UNSIGNED_CMAP, vmin=0, vmax=v)
+
+
+def _colorbar(fig: Figure, im, ax: Axes | Sequence[Axes], signed: bool, label: str | None = None):
+  bar = fig.colorbar(im, ax=ax, shrink=0.8, location="right")
+  if label is None:
+    label = "red: raises logit · blue: lowers it" if signed else "attribution (≥ 0)"
+  bar.set_label(label, fontsize=8)
+  bar.ax.tick_params(labelsize=7)
+  return bar
+
+
+def plot_grid(
+    images: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    *,
+    row_labels: Sequence[str] | None = None,
+    signed: bool | Mapping[str, bool] = True,
+    title: str | None = None,
+    percentile: float = 99.5,
+    cell_size: float = 1.35,
+) -> Figure:
+  """A grid of maps: rows are digits, column 0 the input, one column per method.
+
+  Each method column has **one** colour scale shared by all its rows (so rows
+  can be compared within a column) and its own colourbar underneath.
+
+  Args:
+    images: ``(B, H, W)`` or ``(B, H, W, 1)`` input digits.
+    columns: method name -> maps of the same shape as ``images``.
+    row_labels: one label per row (e.g. ``"7 → explain 7"``).
+    signed: whether maps are signed (diverging colormap centred on zero), for
+      all columns or per column name.
+    title: figure title.
+    percentile: the colour limit of a column is this percentile of its ``|map|``.
+    cell_size: inches per panel.
+
+  Returns:
+    The figure.
+
+  Example:
+    >>> import numpy as np
+    >>> x = np.zeros((2, 28, 28))
+    >>> fig = plot_grid(x, {"a": x - 1, "b": x + 1}, row_labels=["r0", "r1"])
+    >>> len(fig.axes)  # 2 x 3 panels + 2 colourbars
+    8
+  """
+  images = _as_stack(images, "images")
+  stacks = {name: _as_stack(m, f"columns[{name!r}]") for name, m in columns.items()}
+  for name, m in stacks.items():
+    if m.shape[0] != images.shape[0]:
+      raise ValueError(
+          f"columns[{name!r}]: expected {images.shape[0]} maps (one per image), got {m.shape[0]}"
+      )
+  if row_labels is not None and len(row_labels) != len(images):
+    raise ValueError(f"row_labels: expected {len(images)} labels, got {len(row_labels)}")
+  rows, cols = len(images), len(stacks) + 1
+  fig, axes = plt.subplots(
+      rows, cols, figsize=(cell_size * cols + 0.4, cell_size * rows + 1.0),
+      squeeze=False, layout="constrained",
+  )
+  for r in range(rows):
+    axes[r, 0].imshow(images[r], cmap="gray_r", vmin=0, vmax=1)
+    if row_labels is not None:
+      axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
+  axes[0, 0].set_title("input", fontsize=9)
+  for c, (name, maps) in enumerate(stacks.items(), start=1):
+    is_signed = signed[name] if isinstance(signed, Mapping) else signed
+    v = symmetric_limit(maps, percentile)
+    for r in range(rows):
+      im = _draw_map(axes[r, c], maps[r], v, is_signed)
+    axes[0, c].set_title(name, fontsize=9)
+    bar = fig.colorbar(im, ax=axes[:, c], location="bottom", shrink=0.9, aspect=12, pad=0.01)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("blue − · red +" if is_signed else "≥ 0", fontsize=7)
+    bar.locator = plt.MaxNLocator(3, symmetric=is_signed)
+    bar.update_ticks()
+  for a in axes.ravel():
+    a.set_xticks([])
+    a.set_yticks([])
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig

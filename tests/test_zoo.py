@@ -1,0 +1,132 @@
+"""The pretrained-model cache: trains once, reloads, retrains on any change."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from saliency_guide import zoo
+from saliency_guide.models import MLP
+from saliency_guide.training import TrainConfig
+
+
+@pytest.fixture
+def tiny_world(monkeypatch, tmp_path):
+  """A fake MNIST (two classes by ink position) and a tiny, fast model spec."""
+  def fake_load_mnist(split, *, data_dir=None):
+    rng = np.random.default_rng(len(split))  # deterministic per split, like real data
+    n = 128 if split.startswith("train") else 64
+    offset = 0 if split.startswith("train") else 1000
+    labels = ((np.arange(n) + offset) % 2).astype(np.int32)
+    images = np.zeros((n, 28, 28, 1), np.float32)
+    for i, label in enumerate(labels):
+      images[i, :, 14 * label : 14 * label + 14, 0] = rng.random((28, 14)) > 0.5
+    if split.endswith("[:64]"):
+      images, labels = images[:64], labels[:64]
+    return images, labels
+
+  calls = {"train": 0}
+  real_train = zoo.train
+
+  def counting_train(*args, **kwargs):
+    calls["train"] += 1
+    return real_train(*args, **kwargs)
+
+  monkeypatch.setattr(zoo.data_lib, "load_mnist", fake_load_mnist)
+  monkeypatch.setattr(zoo, "train", counting_train)
+  monkeypatch.setitem(
+      zoo.MODEL_SPECS, "tiny",
+      zoo.ModelSpec(MLP, {"hidden": [16], "num_classes": 2}, TrainConfig(epochs=2, batch_size=32)),
+  )
+  monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path))
+  monkeypatch.delenv(zoo.TRAIN_SPLIT_ENV, raising=False)
+  monkeypatch.delenv(zoo.EVAL_SPLIT_ENV, raising=False)
+  return calls, tmp_path
+
+
+def _params(model):
+  return zoo._flat_params(model)
+
+
+def test_trains_once_then_loads_identical_weights(tiny_world):
+  calls, cache = tiny_world
+  first = zoo.pretrained("tiny", progress=False)
+  second = zoo.pretrained("tiny", progress=False)
+  assert calls["train"] == 1
+  assert not first.from_cache and second.from_cache
+  assert first.path == second.path and first.path.parent == cache
+  for key, value in _params(first.model).items():
+    np.testing.assert_array_equal(value, _params(second.model)[key])
+  assert second.eval_accuracy == first.eval_accuracy
+  assert (first.train_split, first.eval_split) == ("train", "test")
+
+
+@pytest.mark.parametrize("change", [
+    {"seed": 1}, {"train_split": "train[:64]"}, {"shuffle_labels": True},
+])
+def test_any_change_of_the_key_retrains(tiny_world, change):
+  calls, _ = tiny_world
+  base = zoo.pretrained("tiny", progress=False)
+  other = zoo.pretrained("tiny", progress=False, **change)
+  assert calls["train"] == 2
+  assert other.path != base.path and not other.from_cache
+
+
+def test_changed_hyperparameters_retrain(tiny_world, monkeypatch):
+  calls, _ = tiny_world
+  zoo.pretrained("tiny", progress=False)
+  spec = zoo.MODEL_SPECS["tiny"]
+  monkeypatch.setitem(zoo.MODEL_SPECS, "tiny",
+                      dataclasses.replace(spec, config=dataclasses.replace(spec.config, epochs=3)))
+  zoo.pretrained("tiny", progress=False)
+  assert calls["train"] == 2
+
+
+def test_eval_split_changes_the_measurement_not_the_weights(tiny_world):
+  calls, _ = tiny_world
+  zoo.pretrained("tiny", progress=False)
+  other = zoo.pretrained("tiny", eval_split="train", progress=False)
+  assert calls["train"] == 1 and other.from_cache and other.eval_split == "train"
+
+
+def test_environment_chooses_the_splits(tiny_world, monkeypatch):
+  monkeypatch.setenv(zoo.TRAIN_SPLIT_ENV, "train[:64]")
+  monkeypatch.setenv(zoo.EVAL_SPLIT_ENV, "test[:64]")
+  record = zoo.pretrained("tiny", progress=False)
+  assert (record.train_split, record.eval_split) == ("train[:64]", "test[:64]")
+  assert "train[:64]" in record.describe() and "test[:64]" in record.describe()
+
+
+@pytest.mark.parametrize("damage", ["garbage_params", "missing_record", "wrong_shapes", "nan"])
+def test_corrupted_entry_is_retrained_with_a_warning(tiny_world, damage):
+  calls, _ = tiny_world
+  entry = zoo.pretrained("tiny", progress=False).path
+  params = entry / "params.npz"
+  if damage == "garbage_params":
+    params.write_bytes(b"not a zip file")
+  elif damage == "missing_record":
+    (entry / "record.json").unlink()
+  else:
+    stored = dict(np.load(params))
+    key = sorted(stored)[0]
+    stored[key] = (np.zeros((3,), np.float32) if damage == "wrong_shapes"
+                   else np.full_like(stored[key], np.nan))
+    np.savez(params, **stored)
+  with pytest.warns(RuntimeWarning, match="retraining"):
+    record = zoo.pretrained("tiny", progress=False)
+  assert calls["train"] == 2 and not record.from_cache
+  assert zoo.pretrained("tiny", progress=False).from_cache  # repaired
+
+
+def test_cache_holds_no_pickle(tiny_world):
+  entry = zoo.pretrained("tiny", progress=False).path
+  with np.load(entry / "params.npz", allow_pickle=False) as stored:
+    assert all(stored[name].dtype == np.float32 for name in stored.files)
+  record = json.loads((entry / "record.json").read_text())
+  assert record["key_fields"]["name"] == "tiny"
+
+
+def test_unknown_name_lists_the_known_ones():
+  with pytest.raises(ValueError, match=r"name: expected one of \[.*'cnn'.*\], got 'resnet'"):
+    zoo.pretrained("resnet")
