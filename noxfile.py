@@ -62,6 +62,13 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def site_check(session: nox.Session) -> None:
+  """Open every page of the built site in headless Chromium, offline, and check it."""
+  session.install("-e", ".[site]")
+  session.run("python", "tools/site_check.py", *session.posargs)
+
+
+@nox.session
 def docs_live(session: nox.Session) -> None:
   """Serve the site with live reload while you edit (never run by CI)."""
   _install(session, "docs")

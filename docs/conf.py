@@ -93,4 +93,5 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
 }
+html_context = {"default_mode": "light"}  # else a first visit logs "invalid theme mode"
 html_last_updated_fmt = ""

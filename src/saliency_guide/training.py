@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bar: no ipywidgets needed in notebooks
 
 __all__ = ["TrainConfig", "TrainResult", "accuracy", "predict", "train"]
 
