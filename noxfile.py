@@ -51,7 +51,7 @@ def docs(session: nox.Session) -> None:
   env = {**FAST_CPU_CONV, **{k: v for k, v in os.environ.items() if k == "XLA_FLAGS"}}
   # Train (or load) every model once, before the notebooks run, so no tutorial
   # waits on training and no two notebooks train the same model.
-  session.run("python", "-m", "saliency_guide.zoo", env=env)
+  session.run("python", "-m", "saliency_guide", "pretrain", env=env)
   shutil.rmtree(DOCS_BUILD / "html", ignore_errors=True)
   shutil.rmtree(DOCS_BUILD / "jupyter_execute", ignore_errors=True)
   session.run(

@@ -313,24 +313,3 @@ def _save(entry: Path, model: nnx.Module, record: dict[str, Any]) -> None:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
 
-
-def main(argv: list[str] | None = None) -> None:
-  """``python -m saliency_guide.zoo [NAME ...]``: train (or load) the named models.
-
-  The docs build runs this once before executing the tutorials, so that no
-  tutorial waits on training and two notebooks never train the same model.
-  """
-  import argparse
-
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument("names", nargs="*", default=sorted(MODEL_SPECS), help="models to prepare")
-  parser.add_argument("--shuffled-labels", action="store_true",
-                      help="also prepare each model trained on shuffled labels")
-  args = parser.parse_args(argv)
-  for name in args.names:
-    for shuffle in (False, True) if args.shuffled_labels else (False,):
-      print(pretrained(name, shuffle_labels=shuffle, progress=False).describe(), flush=True)
-
-
-if __name__ == "__main__":
-  main()

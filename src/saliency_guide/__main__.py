@@ -1,0 +1,35 @@
+"""Command line: ``python -m saliency_guide pretrain [NAME ...]``.
+
+``pretrain`` trains (or loads from the cache) the named models of
+:data:`saliency_guide.zoo.MODEL_SPECS`, all of them by default, and prints what
+each was trained and evaluated on. The docs build runs it once before executing
+the tutorials, so that no tutorial waits on training and no two notebooks train
+the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from saliency_guide import zoo
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Parse ``argv`` and run the sub-command."""
+  parser = argparse.ArgumentParser(prog="python -m saliency_guide", description=__doc__)
+  commands = parser.add_subparsers(dest="command", required=True)
+  pretrain = commands.add_parser("pretrain", help="train or load the named models")
+  pretrain.add_argument("names", nargs="*", default=sorted(zoo.MODEL_SPECS),
+                        choices=sorted(zoo.MODEL_SPECS), metavar="NAME",
+                        help=f"models to prepare (default: all of {sorted(zoo.MODEL_SPECS)})")
+  pretrain.add_argument("--shuffled-labels", action="store_true",
+                        help="also prepare each model trained on shuffled labels")
+  args = parser.parse_args(argv)
+  if args.command == "pretrain":
+    for name in args.names:
+      for shuffle in (False, True) if args.shuffled_labels else (False,):
+        print(zoo.pretrained(name, shuffle_labels=shuffle, progress=False).describe(), flush=True)
+
+
+if __name__ == "__main__":
+  main()
