@@ -23,6 +23,14 @@ def test_pretrain_prepares_each_named_model(monkeypatch, capsys):
   assert "cnn shuffled=True" in capsys.readouterr().out
 
 
+def test_pretrain_without_names_prepares_every_model(monkeypatch):
+  asked = []
+  monkeypatch.setattr(zoo, "pretrained", lambda name, shuffle_labels, progress: (
+      asked.append(name) or type("R", (), {"describe": lambda self: name})()))
+  cli.main(["pretrain"])
+  assert asked == sorted(zoo.MODEL_SPECS)
+
+
 def test_unknown_model_name_is_rejected():
   with pytest.raises(SystemExit):
     cli.main(["pretrain", "resnet"])

@@ -19,14 +19,16 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m saliency_guide", description=__doc__)
   commands = parser.add_subparsers(dest="command", required=True)
   pretrain = commands.add_parser("pretrain", help="train or load the named models")
-  pretrain.add_argument("names", nargs="*", default=sorted(zoo.MODEL_SPECS),
-                        choices=sorted(zoo.MODEL_SPECS), metavar="NAME",
+  pretrain.add_argument("names", nargs="*", metavar="NAME",
                         help=f"models to prepare (default: all of {sorted(zoo.MODEL_SPECS)})")
   pretrain.add_argument("--shuffled-labels", action="store_true",
                         help="also prepare each model trained on shuffled labels")
   args = parser.parse_args(argv)
   if args.command == "pretrain":
-    for name in args.names:
+    unknown = sorted(set(args.names) - set(zoo.MODEL_SPECS))
+    if unknown:
+      parser.error(f"unknown model name(s) {unknown}; expected some of {sorted(zoo.MODEL_SPECS)}")
+    for name in args.names or sorted(zoo.MODEL_SPECS):
       for shuffle in (False, True) if args.shuffled_labels else (False,):
         print(zoo.pretrained(name, shuffle_labels=shuffle, progress=False).describe(), flush=True)
 
