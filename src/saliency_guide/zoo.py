@@ -258,11 +258,13 @@ def pretrained(
   def build() -> nnx.Module:
     return spec.constructor(**spec.kwargs, rngs=nnx.Rngs(seed))
 
-  model = build()
   eval_images, eval_labels = data_lib.load_mnist(eval_split, data_dir=data_dir)
   record_path, params_path = entry / "record.json", entry / "params.npz"
   if record_path.exists() or params_path.exists():
     try:
+      # Abstract shapes only: running the initialisers eagerly costs seconds of
+      # compilation, and every value is about to be overwritten anyway.
+      model = nnx.eval_shape(build)
       record = json.loads(record_path.read_text())
       if record.get("key_fields") != key_fields:
         raise ValueError("the record's key fields differ from the requested ones")
@@ -285,7 +287,8 @@ def pretrained(
           RuntimeWarning,
           stacklevel=2,
       )
-      model = build()
+
+  model = build()
 
   start = time.perf_counter()
   train(model, images, labels, config=config, progress=progress)
