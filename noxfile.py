@@ -85,3 +85,15 @@ def notebooks(session: nox.Session) -> None:
   session.install("jupytext>=1.16")
   tutorials = sorted(str(p) for p in (ROOT / "docs" / "tutorials").glob("*.md"))
   session.run("jupytext", "--sync", *tutorials)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+  """Benchmark the methods against Captum; writes benchmarks/results/cpu.{md,csv} (long).
+
+  Pass options after --: ``nox -s bench -- --smoke`` (a minute: checks that it
+  runs), ``nox -s bench -- --batches 256 --xla both``; see
+  ``python benchmarks/bench.py --help``.
+  """
+  _install(session, "bench")
+  session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -26,6 +26,7 @@ __all__ = [
     "SIGNED_CMAP",
     "UNSIGNED_CMAP",
     "plot_attribution",
+    "plot_gallery",
     "plot_grid",
     "symmetric_limit",
 ]
@@ -213,6 +214,70 @@ def plot_grid(
   for a in axes.ravel():
     a.set_xticks([])
     a.set_yticks([])
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig
+
+
+def plot_gallery(
+    image: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    *,
+    signed: bool | Mapping[str, bool] = True,
+    columns: int = 7,
+    title: str | None = None,
+    percentile: float = 99.5,
+    cell_size: float = 1.55,
+) -> Figure:
+  """One input and many methods' maps of it, each panel on its own colour scale.
+
+  Different methods have different units, so every panel gets its own limit
+  (signed: symmetric around zero, diverging colormap; unsigned: from zero) and
+  its own small colourbar. The input is the first panel.
+
+  Args:
+    image: the input, ``(H, W)`` or ``(H, W, 1)``.
+    maps: method name -> its map of ``image`` (same spatial shape).
+    signed: whether maps are signed, for all or per method name.
+    columns: panels per row.
+    title: figure title.
+    percentile: each panel's colour limit is this percentile of its ``|map|``.
+    cell_size: inches per panel.
+
+  Returns:
+    The figure.
+
+  Example:
+    >>> import numpy as np
+    >>> fig = plot_gallery(np.zeros((28, 28)), {"a": np.eye(28), "b": -np.eye(28)}, columns=3)
+    >>> len([ax for ax in fig.axes if ax.images])  # the input and the 2 maps
+    3
+  """
+  image = _as_2d(image, "image")
+  panels = {name: _as_2d(m, f"maps[{name!r}]") for name, m in maps.items()}
+  for name, m in panels.items():
+    if m.shape != image.shape:
+      raise ValueError(f"maps[{name!r}]: expected the image's shape {image.shape}, got {m.shape}")
+  count = len(panels) + 1
+  rows = -(-count // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(cell_size * columns, cell_size * rows + 0.5),
+                           squeeze=False, layout="constrained")
+  flat = axes.ravel()
+  flat[0].imshow(image, cmap="gray_r", vmin=0, vmax=1)
+  flat[0].set_title("input", fontsize=9)
+  for ax, (name, m) in zip(flat[1:], panels.items(), strict=False):
+    is_signed = signed[name] if isinstance(signed, Mapping) else signed
+    im = _draw_map(ax, m, symmetric_limit(m, percentile), is_signed)
+    ax.set_title(name, fontsize=8)
+    bar = fig.colorbar(im, ax=ax, location="bottom", shrink=0.85, aspect=10, pad=0.02)
+    bar.ax.tick_params(labelsize=5)
+    bar.locator = plt.MaxNLocator(3, symmetric=is_signed)
+    bar.update_ticks()
+  for ax in flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  for ax in flat[count:]:
+    ax.set_axis_off()
   if title:
     fig.suptitle(title, fontsize=10)
   return fig

@@ -6,5 +6,25 @@ Every method has the signature ``method(model, images, targets, **options)``:
 """
 
 # Gradient methods.
+from saliency_guide.methods._gradients import gradients as gradients
+from saliency_guide.methods._gradients import gradients_x_inputs as gradients_x_inputs
+from saliency_guide.methods._integrated import BASELINES as BASELINES
+from saliency_guide.methods._integrated import QUADRATURE_RULES as QUADRATURE_RULES
+from saliency_guide.methods._integrated import expected_gradients as expected_gradients
+from saliency_guide.methods._integrated import integrated_gradients as integrated_gradients
+from saliency_guide.methods._integrated import make_baseline as make_baseline
+from saliency_guide.methods._integrated import quadrature as quadrature
+from saliency_guide.methods._smoothgrad import SMOOTHGRAD_VARIANTS as SMOOTHGRAD_VARIANTS
+from saliency_guide.methods._smoothgrad import smoothgrad as smoothgrad
 # Modified backpropagation.
+from saliency_guide.methods._modified_backprop import deconv_relu as deconv_relu
+from saliency_guide.methods._modified_backprop import deconvolution as deconvolution
+from saliency_guide.methods._modified_backprop import guided_backprop as guided_backprop
+from saliency_guide.methods._modified_backprop import guided_relu as guided_relu
+from saliency_guide.methods._modified_backprop import with_relu_rule as with_relu_rule
 # Class activation maps.
+from saliency_guide.methods._cam import cam as cam
+from saliency_guide.methods._cam import score_cam as score_cam
+from saliency_guide.methods._gradcam import grad_cam as grad_cam
+from saliency_guide.methods._gradcam import grad_cam_plus_plus as grad_cam_plus_plus
+from saliency_guide.methods._gradcam import guided_grad_cam as guided_grad_cam

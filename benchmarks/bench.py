@@ -1,0 +1,656 @@
+"""Benchmark: saliency_guide's jitted methods against Captum, same weights, same run.
+
+For each method, model (``CNN``, ``GapCNN``) and batch size it measures, for our
+methods (JAX) and for Captum (PyTorch CPU) on a PyTorch copy of the same
+weights (``benchmarks/torch_models.py``):
+
+* steady-state throughput: maps per second from the median of >= 5 timed calls
+  (``jax.block_until_ready`` on our side; PyTorch CPU calls are synchronous),
+  the two frameworks' calls interleaved so that background load hits both alike;
+* the first call (for JAX: tracing + compilation + one run);
+* peak memory: the largest growth of the resident set during one warm call,
+  sampled every millisecond, in a separate process per framework, model and batch
+  size with glibc's allocator told to return freed memory at once
+  (``MALLOC_MMAP_THRESHOLD_``), so that the resident set follows live memory;
+* the agreement of the attributions: relative L2 difference and the maximum
+  absolute difference relative to the largest absolute value of Captum's map.
+
+Before anything is timed, the logits of both copies are checked equal to 1e-5
+(relative to the largest logit).
+
+Usage::
+
+    python benchmarks/bench.py                  # the full benchmark (tens of minutes)
+    python benchmarks/bench.py --smoke          # tiny, checks that everything runs
+    python benchmarks/bench.py --batches 256 --methods gradients grad_cam
+
+``nox -s bench`` runs it in a virtual environment with ``torch==2.13.0`` and
+Captum. The XLA flag ``--xla_cpu_experimental_ynn_fusion_type=`` (XLA's own
+multi-threaded convolutions, see the README) is process-wide, so each setting runs
+in its own worker process: ``--xla default`` (no flags: JAX as installed, what the
+package does; the default), ``--xla fast-conv`` (the documented opt-in) or
+``--xla both``.
+
+Results: ``benchmarks/results/<name>.csv`` and ``<name>.md`` (``--name``, default
+``cpu``), with the machine, the versions, the load average and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+XLA_MODES = {"fast-conv": FAST_CONV_FLAG, "default": ""}
+MODELS = ("cnn", "gap_cnn")
+BATCHES = (1, 32, 256)
+QUADRATURES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
+               "gausslegendre")
+IG_STEPS = 64
+SG_SAMPLES = 25
+SG_NOISE = 0.15
+PASS_IMAGES = 256  # images per forward/backward pass for the multi-pass methods, both sides
+METHODS = (
+    "gradients",
+    "gradients_x_inputs",
+    *(f"ig64_{rule}" for rule in QUADRATURES),
+    "smoothgrad25",
+    "deconvolution",
+    "guided_backprop",
+    "grad_cam",
+    "guided_grad_cam",
+)
+LOGIT_TOLERANCE = 1e-5
+
+
+# --------------------------------------------------------------------------------------
+# Measurements.
+# --------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+  """Samples the resident set every ``interval`` seconds while active; ``.peak`` in bytes."""
+
+  def __init__(self, interval: float = 0.001):
+    self.interval = interval
+    self.peak = 0
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+
+  def _run(self) -> None:
+    while not self._stop.is_set():
+      self.peak = max(self.peak, _rss_bytes())
+      time.sleep(self.interval)
+
+  def __enter__(self) -> PeakRSS:
+    self.peak = _rss_bytes()
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, _rss_bytes())
+
+
+@dataclasses.dataclass
+class Timing:
+  first_s: float
+  first_cpu_s: float
+  times_s: list[float]
+
+  @property
+  def median_s(self) -> float:
+    return statistics.median(self.times_s)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+  start = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - start, out
+
+
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+  """Wall and process CPU seconds (CPU time is less sensitive to other processes' load)."""
+  start, cpu = time.perf_counter(), time.process_time()
+  out = fn()
+  return time.perf_counter() - start, time.process_time() - cpu, out
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], min_repeats: int, min_seconds: float,
+                max_repeats: int) -> tuple[dict[str, Timing], dict[str, Any]]:
+  """First call of each, then alternating timed calls until enough repeats and time."""
+  firsts, outputs = {}, {}
+  for name, fn in calls.items():
+    firsts[name] = timed_cpu(fn)
+    outputs[name] = firsts[name][2]
+  times: dict[str, list[float]] = {name: [] for name in calls}
+  while True:
+    for name, fn in calls.items():
+      times[name].append(timed(fn)[0])
+    n = len(next(iter(times.values())))
+    spent = sum(sum(v) for v in times.values())
+    if n >= max_repeats or (n >= min_repeats and spent >= min_seconds):
+      break
+  return {name: Timing(firsts[name][0], firsts[name][1], times[name]) for name in calls}, outputs
+
+
+# --------------------------------------------------------------------------------------
+# The two sides.
+# --------------------------------------------------------------------------------------
+
+
+def load_data(batch: int, smoke: bool):
+  """``(pretrained models by name, images (batch, 28, 28, 1), labels)``."""
+  import numpy as np
+
+  import saliency_guide as sg
+
+  if smoke:  # untrained models and random digits: no data files, no training
+    from flax import nnx
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(batch, 28, 28, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, size=batch).astype(np.int32)
+    models = {"cnn": sg.CNN(rngs=nnx.Rngs(0)), "gap_cnn": sg.GapCNN(rngs=nnx.Rngs(0))}
+    return models, images, labels, "random images, untrained models (smoke test)"
+  models = {name: sg.pretrained(name, progress=False) for name in MODELS}
+  images, labels = next(iter(models.values())).eval_data()
+  if len(images) < batch:
+    reps = -(-batch // len(images))
+    images, labels = np.concatenate([images] * reps), np.concatenate([labels] * reps)
+  first = next(iter(models.values()))
+  source = (f"the first {batch} digits of MNIST '{first.eval_split}'; models trained on "
+            f"'{first.train_split}'")
+  return ({k: v.model for k, v in models.items()}, images[:batch], labels[:batch], source)
+
+
+def ours(method: str, model, images, targets) -> Callable[[], Any]:
+  """A no-argument call of our method (validation included, as a user calls it)."""
+  import jax
+
+  from saliency_guide import methods as m
+
+  if method == "gradients":
+    fn = lambda: m.gradients(model, images, targets)  # noqa: E731
+  elif method == "gradients_x_inputs":
+    fn = lambda: m.gradients_x_inputs(model, images, targets)  # noqa: E731
+  elif method.startswith("ig64_"):
+    rule = method.removeprefix("ig64_")
+    fn = lambda: m.integrated_gradients(  # noqa: E731
+        model, images, targets, steps=IG_STEPS, method=rule, internal_batch_size=PASS_IMAGES)
+  elif method == "smoothgrad25":
+    smooth = m.smoothgrad(m.gradients, noise_level=SG_NOISE, samples=SG_SAMPLES,
+                          key=jax.random.key(0), batch_size=PASS_IMAGES)
+    fn = lambda: smooth(model, images, targets)  # noqa: E731
+  elif method == "deconvolution":
+    fn = lambda: m.deconvolution(model, images, targets)  # noqa: E731
+  elif method == "guided_backprop":
+    fn = lambda: m.guided_backprop(model, images, targets)  # noqa: E731
+  elif method == "grad_cam":
+    fn = lambda: m.grad_cam(model, images, targets)  # noqa: E731
+  elif method == "guided_grad_cam":
+    fn = lambda: m.guided_grad_cam(model, images, targets)  # noqa: E731
+  else:
+    raise ValueError(f"method: unknown {method!r}")
+  return lambda: jax.block_until_ready(fn())
+
+
+def captum(method: str, model, images, targets) -> Callable[[], Any]:
+  """A no-argument call of Captum's implementation of ``method``."""
+  import captum.attr as ca
+  from torch_models import grad_cam_layer
+
+  batch = images.shape[0]
+  if method == "gradients":
+    algo = ca.Saliency(model)
+    return lambda: algo.attribute(images, target=targets, abs=False)
+  if method == "gradients_x_inputs":
+    algo = ca.InputXGradient(model)
+    return lambda: algo.attribute(images, target=targets)
+  if method.startswith("ig64_"):
+    rule = method.removeprefix("ig64_")
+    algo = ca.IntegratedGradients(model)
+    # Captum evaluates at least 2 path points per image in a pass (it raises a smaller
+    # internal_batch_size to 2 × batch, with a warning): ask for that directly.
+    per_pass = max(PASS_IMAGES, 2 * batch)
+    return lambda: algo.attribute(images, baselines=0.0, target=targets, n_steps=IG_STEPS,
+                                  method=rule, internal_batch_size=per_pass)
+  if method == "smoothgrad25":
+    algo = ca.NoiseTunnel(ca.Saliency(model))
+    per_pass = max(1, min(SG_SAMPLES, PASS_IMAGES // batch))
+    return lambda: algo.attribute(images, nt_type="smoothgrad", nt_samples=SG_SAMPLES,
+                                  nt_samples_batch_size=per_pass, stdevs=SG_NOISE,
+                                  target=targets, abs=False)
+  if method == "deconvolution":
+    algo = ca.Deconvolution(model)
+    return lambda: algo.attribute(images, target=targets)
+  if method == "guided_backprop":
+    algo = ca.GuidedBackprop(model)
+    return lambda: algo.attribute(images, target=targets)
+  if method == "grad_cam":
+    algo = ca.LayerGradCam(model, grad_cam_layer(model))
+    size = tuple(images.shape[2:])
+    return lambda: ca.LayerAttribution.interpolate(
+        algo.attribute(images, target=targets, relu_attributions=True), size, "bilinear")
+  if method == "guided_grad_cam":
+    algo = ca.GuidedGradCam(model, grad_cam_layer(model))
+    return lambda: algo.attribute(images, target=targets, interpolate_mode="bilinear")
+  raise ValueError(f"method: unknown {method!r}")
+
+
+def captum_reference(method: str, model, images, targets, output):
+  """Captum's map to compare ours with, with the same quadrature weights.
+
+  Captum's ``riemann_trapezoid`` weights the nodes ``k/(n-1)`` by ``1/n`` (its
+  weights sum to ``(n-1)/n``); ours are the textbook trapezoid weights. To compare
+  the implementations rather than the rules, Captum is re-run with the textbook
+  weights through ``IntegratedGradients._attribute(step_sizes_and_alphas=...)``,
+  on at most 32 images (it evaluates all of their path points in one pass).
+  """
+  if method != "ig64_riemann_trapezoid":
+    return output, images.shape[0]
+  import captum.attr as ca
+  import torch
+
+  from saliency_guide.methods import quadrature
+
+  n = min(32, images.shape[0])
+  alphas, weights = quadrature("riemann_trapezoid", IG_STEPS)
+  (maps,) = ca.IntegratedGradients(model)._attribute(
+      (images[:n],), (torch.zeros_like(images[:n]),), target=targets[:n], n_steps=IG_STEPS,
+      step_sizes_and_alphas=(weights.tolist(), alphas.tolist()))
+  return maps, n
+
+
+def differences(a, b) -> tuple[float, float]:
+  """``(‖a − b‖ / ‖b‖, max|a − b| / max|b|)``."""
+  import numpy as np
+
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  scale = max(float(np.linalg.norm(b)), 1e-30)
+  peak = max(float(np.abs(b).max()), 1e-30)
+  return float(np.linalg.norm(a - b)) / scale, float(np.abs(a - b).max()) / peak
+
+
+# --------------------------------------------------------------------------------------
+# Worker: one XLA setting, every model, batch and method.
+# --------------------------------------------------------------------------------------
+
+
+def check_logits(jax_model, torch_model, images) -> float:
+  import numpy as np
+  import torch
+  from torch_models import to_nchw
+
+  ours_logits = np.asarray(jax_model(images))
+  with torch.no_grad():
+    theirs = torch_model(to_nchw(images)).numpy()
+  error = float(np.abs(ours_logits - theirs).max() / max(np.abs(ours_logits).max(), 1e-30))
+  if not error <= LOGIT_TOLERANCE:
+    raise AssertionError(
+        f"logits of the PyTorch copy differ from the Flax model's by {error:.2e} (relative), "
+        f"more than {LOGIT_TOLERANCE:.0e}: the weight conversion is wrong"
+    )
+  return error
+
+
+def worker(args) -> list[dict[str, Any]]:
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from torch_models import from_flax, to_nchw, to_nhwc
+
+  rows = []
+  for batch in args.batches:
+    models, images_np, labels_np, source = load_data(batch, args.smoke)
+    images, targets = jnp.asarray(images_np), jnp.asarray(labels_np)
+    images_t, targets_t = to_nchw(images_np), torch.from_numpy(labels_np.astype(np.int64))
+    for model_name in args.models:
+      model = models[model_name]
+      torch_model = from_flax(model)
+      logit_error = check_logits(model, torch_model, images_np)
+      for method in args.methods:
+        print(f"[{args.xla}] {model_name} batch {batch}: {method} ...", file=sys.stderr,
+              flush=True)
+        gc.collect()
+        calls = {"ours": ours(method, model, images, targets),
+                 "captum": captum(method, torch_model, images_t, targets_t)}
+        timings, outputs = interleaved(calls, args.repeats, args.min_seconds, args.max_repeats)
+        reference, n = captum_reference(method, torch_model, images_t, targets_t,
+                                        outputs["captum"])
+        mine = np.asarray(outputs["ours"])[:n]
+        theirs = to_nhwc(reference)
+        if mine.ndim == 3 and theirs.ndim == 4:  # Grad-CAM: Captum keeps a channel axis
+          theirs = theirs[..., 0]
+        rel_l2, max_rel = differences(mine, theirs.reshape(mine.shape))
+        row = dict(
+            xla=args.xla, model=model_name, method=method, batch=batch,
+            ours_maps_per_s=batch / timings["ours"].median_s,
+            captum_maps_per_s=batch / timings["captum"].median_s,
+            speedup=timings["captum"].median_s / timings["ours"].median_s,
+            ours_median_ms=1e3 * timings["ours"].median_s,
+            captum_median_ms=1e3 * timings["captum"].median_s,
+            ours_first_s=timings["ours"].first_s,
+            captum_first_s=timings["captum"].first_s,
+            ours_first_cpu_s=timings["ours"].first_cpu_s,
+            ours_compile_s=max(0.0, timings["ours"].first_s - timings["ours"].median_s),
+            repeats=len(timings["ours"].times_s),
+            rel_l2=rel_l2, max_rel=max_rel, compared_images=n, logit_error=logit_error,
+            source=source,
+        )
+        if method == "smoothgrad25":  # random: compare with our own seed-to-seed spread
+          again = ours_smoothgrad_other_seed(model, images, targets)
+          row["seed_rel_l2"] = differences(again, mine)[0]
+        rows.append(row)
+        print(f"    ours {row['ours_median_ms']:.1f} ms, captum {row['captum_median_ms']:.1f} "
+              f"ms, x{row['speedup']:.2f}, first {row['ours_first_s']:.2f} s, rel L2 "
+              f"{rel_l2:.1e}", file=sys.stderr, flush=True)
+        del calls, outputs
+  return rows
+
+
+def ours_smoothgrad_other_seed(model, images, targets):
+  import jax
+  import numpy as np
+
+  from saliency_guide import methods as m
+
+  smooth = m.smoothgrad(m.gradients, noise_level=SG_NOISE, samples=SG_SAMPLES,
+                        key=jax.random.key(1), batch_size=PASS_IMAGES)
+  return np.asarray(smooth(model, images, targets))
+
+
+def memory_probe(args) -> list[dict[str, Any]]:
+  """Peak resident-set growth of one warm call per method (one framework, model, batch)."""
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from torch_models import from_flax, to_nchw
+
+  (batch,), (model_name,) = args.batches, args.models
+  models, images_np, labels_np, _ = load_data(batch, args.smoke)
+  model = models[model_name]
+  if args.framework == "ours":
+    make = lambda method: ours(method, model, jnp.asarray(images_np),  # noqa: E731
+                               jnp.asarray(labels_np))
+  else:
+    torch_model = from_flax(model)
+    make = lambda method: captum(method, torch_model, to_nchw(images_np),  # noqa: E731
+                                 torch.from_numpy(labels_np.astype(np.int64)))
+  rows = []
+  for method in args.methods:
+    fn = make(method)
+    fn()  # compile / warm up
+    gc.collect()
+    with PeakRSS() as peak:
+      start = _rss_bytes()
+      fn()
+    rows.append(dict(framework=args.framework, model=model_name, batch=batch, method=method,
+                     peak_mb=max(0, peak.peak - start) / 2**20))
+  return rows
+
+
+# --------------------------------------------------------------------------------------
+# Driver.
+# --------------------------------------------------------------------------------------
+
+
+def _run_child(argv: list[str], xla_flags: str, malloc: bool = False) -> list[dict[str, Any]]:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), xla_flags) if f).strip()
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH", "")]))
+  if malloc:  # freed memory goes back to the system at once: the RSS follows live memory
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    env["MALLOC_TRIM_THRESHOLD_"] = "0"
+  out = subprocess.run([sys.executable, __file__, *argv], env=env, check=True,
+                       stdout=subprocess.PIPE, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, str]:
+  """What ran the benchmark: CPU, cores, memory, OS, versions, load."""
+  import importlib.metadata as md
+
+  cpu = platform.processor() or "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  try:
+    with open("/proc/meminfo") as f:
+      mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+    memory = f"{mem_kb / 2**20:.0f} GiB"
+  except (OSError, StopIteration):
+    memory = "unknown"
+  versions = {}
+  for package in ("jax", "jaxlib", "flax", "torch", "captum", "numpy"):
+    try:
+      versions[package] = md.version(package)
+    except md.PackageNotFoundError:
+      versions[package] = "not installed"
+  return dict(
+      cpu=cpu, cores=str(os.cpu_count()), memory=memory,
+      os=f"{platform.system()} {platform.release()}", python=platform.python_version(),
+      **versions,
+      torch_threads=_torch_threads(),
+  )
+
+
+def _torch_threads() -> str:
+  try:
+    import torch
+
+    return str(torch.get_num_threads())
+  except ImportError:
+    return "n/a"
+
+
+def _load() -> str:
+  try:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "unknown"
+
+
+NAMES = {
+    "gradients": "Gradients",
+    "gradients_x_inputs": "Gradients × Input",
+    **{f"ig64_{rule}": f"IG-64, {rule}" for rule in QUADRATURES},
+    "smoothgrad25": "SmoothGrad-25",
+    "deconvolution": "Deconvolution",
+    "guided_backprop": "Guided Backprop",
+    "grad_cam": "Grad-CAM",
+    "guided_grad_cam": "Guided Grad-CAM",
+}
+MODEL_NAMES = {"cnn": "CNN (conv–pool–conv–pool–dense)", "gap_cnn": "GapCNN (conv×3, GAP)"}
+
+
+def _fmt(x: float) -> str:
+  if x >= 100:
+    return f"{x:,.0f}"
+  if x >= 10:
+    return f"{x:.1f}"
+  return f"{x:.2f}"
+
+
+def markdown(rows, memory, info, started, finished, load_before, load_after, args) -> str:
+  mem = {(r["framework"], r["model"], r["batch"], r["method"]): r["peak_mb"] for r in memory}
+  lines = [
+      f"Recorded {started} → {finished} (UTC) with `python benchmarks/bench.py "
+      f"{' '.join(args.argv)}`.".replace("`python benchmarks/bench.py `", "`python "
+                                         "benchmarks/bench.py`"),
+      "",
+      f"**Machine.** {info['cpu']}, {info['cores']} cores, {info['memory']} RAM, "
+      f"{info['os']}; Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), "
+      f"flax {info['flax']}, torch {info['torch']} ({info['torch_threads']} threads), "
+      f"captum {info['captum']}. **Load average** (1/5/15 min) before: {load_before}; "
+      f"after: {load_after}.",
+      "",
+      f"**Data.** {rows[0]['source'] if rows else ''}; each image explained for its label. "
+      f"IG: black baseline, {IG_STEPS} nodes, {PASS_IMAGES} path points per pass on both "
+      f"sides (Captum's `internal_batch_size`). SmoothGrad: {SG_SAMPLES} samples, noise "
+      f"{SG_NOISE} (Captum `stdevs`), {PASS_IMAGES} noisy images per pass on both sides. "
+      "Grad-CAM on the last conv layer, upsampled bilinearly on both sides.",
+      "",
+      "**Columns.** *maps/s*: batch / median time of ≥ 5 warm calls, the two frameworks' "
+      "calls interleaved. *×*: Captum's median time / ours (> 1: we are faster). *first "
+      "call*: our first call, i.e. tracing + XLA compilation + one run, in wall-clock "
+      "seconds and (in brackets) CPU seconds of this process, which other processes' load "
+      "inflates less. *peak MB*: largest "
+      "growth of the resident set during one warm call. *rel. L2*: ‖ours − Captum‖ / "
+      "‖Captum‖; *max rel.*: max |ours − Captum| / max |Captum| (SmoothGrad draws different "
+      "noise in each framework: there the figure in brackets is our own seed-to-seed "
+      "difference, the level expected from noise alone; Captum's `riemann_trapezoid` has "
+      "different weights, so it is compared re-run with the textbook weights on 32 images).",
+      "",
+  ]
+  for xla in dict.fromkeys(r["xla"] for r in rows):
+    flag = XLA_MODES[xla]
+    lines += [f"### XLA: {xla}" + (f" (`XLA_FLAGS={flag}`)" if flag else " (no XLA flags)"),
+              ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+      subset = [r for r in rows if r["xla"] == xla and r["model"] == model]
+      if not subset:
+        continue
+      lines += [f"#### {MODEL_NAMES.get(model, model)}", "",
+                "| method | batch | ours maps/s | Captum maps/s | × | first call s (CPU s) | "
+                "peak MB ours / Captum | rel. L2 | max rel. |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+      for r in subset:
+        ours_mb = mem.get(("ours", r["model"], r["batch"], _mem_method(r["method"])))
+        theirs_mb = mem.get(("captum", r["model"], r["batch"], _mem_method(r["method"])))
+        peak = (f"{ours_mb:,.0f} / {theirs_mb:,.0f}" if ours_mb is not None
+                and theirs_mb is not None else "–")
+        rel = f"{r['rel_l2']:.1e}"
+        if "seed_rel_l2" in r:
+          rel += f" ({r['seed_rel_l2']:.1e})"
+        lines.append(
+            f"| {NAMES.get(r['method'], r['method'])} | {r['batch']} | "
+            f"{_fmt(r['ours_maps_per_s'])} | {_fmt(r['captum_maps_per_s'])} | "
+            f"**{r['speedup']:.2f}** | {r['ours_first_s']:.2f} ({r['ours_first_cpu_s']:.2f}) | "
+            f"{peak} | {rel} | "
+            f"{r['max_rel']:.1e} |")
+      lines.append("")
+  return "\n".join(lines)
+
+
+def _mem_method(method: str) -> str:
+  # Every quadrature rule costs the same: memory is probed once, with Gauss–Legendre.
+  return "ig64_gausslegendre" if method.startswith("ig64_") else method
+
+
+def driver(args) -> None:
+  started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+  load_before = _load()
+  common = ["--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
+            "--max-repeats", str(args.max_repeats), "--methods", *args.methods,
+            *(["--smoke"] if args.smoke else [])]
+  modes = list(XLA_MODES) if args.xla == "both" else [args.xla]
+  rows: list[dict[str, Any]] = []
+  for mode in modes:
+    rows += _run_child(["--worker", "--xla", mode, "--models", *args.models, "--batches",
+                        *map(str, args.batches), *common], XLA_MODES[mode])
+  memory: list[dict[str, Any]] = []
+  if not args.no_memory:
+    probe_methods = list(dict.fromkeys(_mem_method(m) for m in args.methods))
+    for framework in ("ours", "captum"):
+      for model in args.models:
+        for batch in args.batches:
+          print(f"[memory] {framework} {model} batch {batch}", file=sys.stderr, flush=True)
+          memory += _run_child(
+              ["--memory-probe", framework, "--models", model, "--batches", str(batch),
+               "--methods", *probe_methods, *(["--smoke"] if args.smoke else [])],
+              XLA_MODES[modes[0]], malloc=True)
+  finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+  info = machine()
+  text = markdown(rows, memory, info, started, finished, load_before, _load(), args)
+  print(text)
+  if args.name:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.md").write_text(text + "\n")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(RESULTS / f"{args.name}.csv", "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=[*keys, "ours_peak_mb", "captum_peak_mb"])
+      writer.writeheader()
+      mem = {(r["framework"], r["model"], r["batch"], r["method"]): r["peak_mb"]
+             for r in memory}
+      for r in rows:
+        writer.writerow({**r, **{f"{fw}_peak_mb": mem.get(
+            (fw, r["model"], r["batch"], _mem_method(r["method"]))) for fw in ("ours",
+                                                                               "captum")}})
+    (RESULTS / f"{args.name}.machine.json").write_text(json.dumps(
+        {**info, "started_utc": started, "finished_utc": finished, "load_before": load_before,
+         "load_after": _load()}, indent=2) + "\n")
+    print(f"\nWrote {RESULTS / args.name}.md/.csv", file=sys.stderr)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+  p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+  p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  p.add_argument("--xla", default="default", choices=[*XLA_MODES, "both"],
+                 help="'default': no XLA flags (what the package does); 'fast-conv': the "
+                 "opt-in flag of the README; 'both': one run each")
+  p.add_argument("--repeats", type=int, default=5, help="at least this many timed calls")
+  p.add_argument("--min-seconds", type=float, default=2.0,
+                 help="keep timing (up to --max-repeats) until both sides used this long")
+  p.add_argument("--max-repeats", type=int, default=15)
+  p.add_argument("--smoke", action="store_true",
+                 help="batch 2, few methods, untrained models: checks that everything runs")
+  p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+  p.add_argument("--name", default="cpu", help="results file name ('' to write nothing)")
+  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--memory-probe", dest="framework", choices=("ours", "captum"),
+                 help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  args.argv = argv
+  if args.smoke and not args.worker and args.framework is None:
+    args.batches = [2]
+    if args.models == list(MODELS):
+      args.models = ["cnn"]
+    args.repeats, args.min_seconds, args.max_repeats = 2, 0.0, 2
+    if args.methods == list(METHODS):
+      args.methods = ["gradients", "ig64_riemann_trapezoid", "smoothgrad25", "grad_cam",
+                      "guided_grad_cam"]
+    if args.name == "cpu":
+      args.name = ""
+  return args
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse(sys.argv[1:] if argv is None else argv)
+  if args.worker or args.framework:
+    sys.path.insert(0, str(HERE))
+    rows = worker(args) if args.worker else memory_probe(args)
+    print(json.dumps(rows))
+    return
+  driver(args)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,52 @@
+"""Evaluating saliency maps: by measurement, not by how pretty a map looks.
+
+* Deletion and insertion curves and their areas (Petsiuk et al., 2018), with a
+  random-ranking baseline.
+* Similarity of maps (Spearman rank correlation, SSIM) and the randomisation
+  sanity checks of Adebayo et al. (2018): model parameters (cascading and
+  independent) and data (shuffled labels).
+* ROAR, remove and retrain (Hooker et al., 2019).
+* Completeness of path methods (Sundararajan et al., 2017).
+
+Every metric accepts maps ``(B, H, W, C)`` (per feature) and ``(B, H, W)``
+(per pixel, the CAM family): a map is first reduced to one score per pixel by
+summing over channels (:func:`pixel_scores`).
+"""
+
+# Shared.
+from saliency_guide.metrics._batching import attribute_batched as attribute_batched
+from saliency_guide.metrics._common import mean_and_sem as mean_and_sem
+from saliency_guide.metrics._common import pixel_scores as pixel_scores
+from saliency_guide.metrics._common import rank_pixels as rank_pixels
+
+# Completeness.
+from saliency_guide.metrics._completeness import completeness_delta as completeness_delta
+
+# Deletion and insertion.
+from saliency_guide.metrics._deletion import SCORES as SCORES
+from saliency_guide.metrics._deletion import SUBSTRATES as SUBSTRATES
+from saliency_guide.metrics._deletion import Curves as Curves
+from saliency_guide.metrics._deletion import auc as auc
+from saliency_guide.metrics._deletion import deletion as deletion
+from saliency_guide.metrics._deletion import insertion as insertion
+from saliency_guide.metrics._deletion import make_substrate as make_substrate
+from saliency_guide.metrics._deletion import random_attributions as random_attributions
+
+# Randomisation tests.
+from saliency_guide.metrics._randomization import RANDOMIZATION_MODES as RANDOMIZATION_MODES
+from saliency_guide.metrics._randomization import RandomizationResult as RandomizationResult
+from saliency_guide.metrics._randomization import data_randomization as data_randomization
+from saliency_guide.metrics._randomization import model_randomization as model_randomization
+from saliency_guide.metrics._randomization import randomized_models as randomized_models
+
+# ROAR.
+from saliency_guide.metrics._roar import ROARConfig as ROARConfig
+from saliency_guide.metrics._roar import ROARResult as ROARResult
+from saliency_guide.metrics._roar import remove_top_pixels as remove_top_pixels
+from saliency_guide.metrics._roar import roar as roar
+
+# Similarity of maps.
+from saliency_guide.metrics._similarity import Similarity as Similarity
+from saliency_guide.metrics._similarity import rank_correlation as rank_correlation
+from saliency_guide.metrics._similarity import similarity as similarity
+from saliency_guide.metrics._similarity import ssim as ssim

@@ -1,0 +1,228 @@
+"""Attributions for whole datasets, sharded over every available device.
+
+:func:`explain_dataset` runs any saliency method of :mod:`saliency_guide.methods`
+over a dataset that is too large for one call: it streams fixed-size batches,
+splits each batch over the devices of a 1-D :class:`jax.sharding.Mesh` with a
+:class:`jax.sharding.NamedSharding`, and lets ``jax.jit`` (inside the method)
+compile one program that runs on all of them at once. Nothing about the methods
+changes: a sharded input is all it takes, because every method is jitted and
+treats the images of a batch independently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["explain_dataset"]
+
+#: Show a progress bar by default from this many batches on.
+PROGRESS_MIN_BATCHES = 8
+
+
+def _check_batch_size(batch_size: Any) -> int:
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+    raise TypeError(f"batch_size: expected a positive integer, got {type(batch_size).__name__} "
+                    f"{batch_size!r}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+  return int(batch_size)
+
+
+def _check_arrays(images: Any, targets: Any) -> tuple[Any, Any]:
+  for name, value in (("images", images), ("targets", targets)):
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+      raise TypeError(f"{name}: expected an array (NumPy or JAX), got {type(value).__name__}")
+  if len(images.shape) != 4:
+    raise ValueError(f"images: expected NHWC shape (N, H, W, C), got {tuple(images.shape)}")
+  if images.shape[0] == 0:
+    raise ValueError("images: expected at least one image, got N = 0")
+  if tuple(targets.shape) != (images.shape[0],):
+    raise ValueError(f"targets: expected shape ({images.shape[0]},), one class per image, got "
+                     f"{tuple(targets.shape)}")
+  return images, targets
+
+
+def _default_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ("batch",))
+
+
+def _check_mesh(mesh: Any) -> Mesh:
+  if mesh is None:
+    return _default_mesh()
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+  if len(mesh.axis_names) != 1:
+    raise ValueError(f"mesh: expected a 1-D mesh (one axis to split the batch over), got axes "
+                     f"{mesh.axis_names} of shape {tuple(mesh.devices.shape)}")
+  return mesh
+
+
+def _canonical(x: np.ndarray) -> np.ndarray:
+  """64-bit NumPy data as the 32-bit arrays JAX makes of it (without x64), else unchanged."""
+  if jax.config.jax_enable_x64:
+    return x
+  if x.dtype == np.float64:
+    return x.astype(np.float32)
+  if x.dtype == np.int64:
+    return x.astype(np.int32)
+  return x
+
+
+def _global_array(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array of ``batch`` laid out by ``sharding``; each process fills its own shards."""
+  return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+
+
+def _to_host(tree: Any) -> Any:
+  """Every leaf as one NumPy array (gathered from all processes when there are several)."""
+  if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+  return jax.tree.map(np.asarray, tree)
+
+
+def explain_dataset(
+    method: Callable[..., Any],
+    model: nnx.Module,
+    images: Any,
+    targets: Any,
+    /,
+    *,
+    batch_size: int,
+    mesh: Mesh | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> Any:
+  r"""Apply a saliency method to a whole dataset, batch by batch, sharded over devices.
+
+  For batches :math:`X_k = (x_{kB}, \dots, x_{kB + B - 1})` of ``batch_size``
+  :math:`B` images,
+
+  .. math:: \text{result}[kB + i] = \text{method}(f, X_k, c_k, \text{options})[i],
+
+  the same maps as one call of ``method`` on the whole dataset (to rounding),
+  in input order. Each batch is split along its first axis over the ``D``
+  devices of ``mesh`` (:class:`jax.sharding.NamedSharding` with
+  ``PartitionSpec(axis)``) and the model's parameters are replicated on all of
+  them, so the method's jitted code runs on every device at once. A batch size
+  that is not a multiple of ``D`` is rounded up, and the last, partial batch is
+  padded by repeating its last image: every call has the same shape, so the
+  method compiles once. Padded results are dropped. The next batch is
+  dispatched before the previous one is copied back to the host, so the copy
+  overlaps the computation.
+
+  **Many hosts.** Call ``jax.distributed.initialize()`` first in every process
+  (see :func:`jax.distributed.initialize`), then call ``explain_dataset`` in
+  every process with the same arguments: the default mesh spans
+  ``jax.devices()``, i.e. every device of every host; each process copies only
+  the shards of its own devices to them (``jax.make_array_from_callback``), and
+  the result is gathered on every process
+  (``jax.experimental.multihost_utils.process_allgather``).
+
+  Args:
+    method: a saliency method ``method(model, images, targets, **options)``
+      from :mod:`saliency_guide.methods` (or a ``smoothgrad(...)`` wrapper),
+      returning an array (or a tuple of arrays) with the batch as first axis.
+    model: the classifier.
+    images: NumPy or JAX array ``(N, H, W, C)``.
+    targets: integer array ``(N,)``, the class to explain for each image.
+    batch_size: images per call (over all devices together); rounded up to a
+      multiple of the number of devices.
+    mesh: a 1-D :class:`jax.sharding.Mesh`; default: all of ``jax.devices()``
+      on an axis named ``"batch"``.
+    progress: show a ``tqdm`` progress bar; default: when there are at least
+      :data:`PROGRESS_MIN_BATCHES` batches.
+    **options: passed to ``method`` (e.g. ``steps=64, method="riemann_left"`` for
+      Integrated Gradients: the first four arguments are positional-only, so an
+      option may be called ``method``).
+
+  Returns:
+    NumPy array(s) shaped like ``method``'s output for all ``N`` images,
+    e.g. ``(N, H, W, C)``.
+
+  Raises:
+    TypeError, ValueError: bad ``method``, ``images``, ``targets``,
+      ``batch_size`` or ``mesh``; the method itself validates each batch.
+
+  Example:
+    >>> import numpy as np
+    >>> from flax import nnx
+    >>> from saliency_guide.models import CNN
+    >>> from saliency_guide.methods import gradients
+    >>> model = CNN(channels=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+    >>> images = np.random.default_rng(0).uniform(size=(10, 28, 28, 1)).astype(np.float32)
+    >>> targets = np.arange(10) % 10
+    >>> maps = explain_dataset(gradients, model, images, targets, batch_size=4)
+    >>> maps.shape
+    (10, 28, 28, 1)
+    >>> bool(np.allclose(maps, gradients(model, images, targets), rtol=1e-5, atol=1e-7))
+    True
+  """
+  if not callable(method):
+    raise TypeError(f"method: expected a saliency method method(model, images, targets, "
+                    f"**options), got {type(method).__name__}")
+  images, targets = _check_arrays(images, targets)
+  batch_size = _check_batch_size(batch_size)
+  mesh = _check_mesh(mesh)
+  if progress is not None and not isinstance(progress, bool):
+    raise TypeError(f"progress: expected True, False or None, got {progress!r}")
+
+  (axis,) = mesh.axis_names
+  devices = mesh.devices.size
+  per_call = math.ceil(batch_size / devices) * devices
+  data_sharding = NamedSharding(mesh, PartitionSpec(axis))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  # One copy of the parameters on every device, made once (a copy of the model:
+  # the caller's model keeps its own arrays).
+  graphdef, state = nnx.split(model)
+  model = nnx.merge(graphdef, jax.device_put(state, replicated))
+
+  n = images.shape[0]
+  starts = range(0, n, per_call)
+  if progress is None:
+    progress = len(starts) >= PROGRESS_MIN_BATCHES
+  bar = None
+  if progress:
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc=getattr(method, "__name__", "explain_dataset"), unit="image")
+
+  outputs: Any = None
+  pending: tuple[int, int, Any] | None = None
+
+  def collect(start: int, count: int, result: Any) -> None:
+    nonlocal outputs
+    host = _to_host(result)
+    if outputs is None:
+      outputs = jax.tree.map(lambda leaf: np.empty((n, *leaf.shape[1:]), leaf.dtype), host)
+    jax.tree.map(lambda out, leaf: out.__setitem__(slice(start, start + count), leaf[:count]),
+                 outputs, host)
+    if bar is not None:
+      bar.update(count)
+
+  try:
+    for start in starts:
+      x = _canonical(np.asarray(images[start:start + per_call]))
+      t = _canonical(np.asarray(targets[start:start + per_call]))
+      count = x.shape[0]
+      if count < per_call:  # pad the last batch by repeating its last image
+        x = np.concatenate([x, np.repeat(x[-1:], per_call - count, axis=0)])
+        t = np.concatenate([t, np.repeat(t[-1:], per_call - count, axis=0)])
+      result = method(model, _global_array(x, data_sharding), _global_array(t, data_sharding),
+                      **options)
+      if pending is not None:
+        collect(*pending)
+      pending = (start, count, result)
+    collect(*pending)
+  finally:
+    if bar is not None:
+      bar.close()
+  return outputs

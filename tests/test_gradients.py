@@ -1,0 +1,200 @@
+"""Tests of Gradients and Gradients × Input against the maths.
+
+For a linear model f(x) = W vec(x) + b the gradient of logit c is the row W[c]
+whatever x is; explaining the loss instead, or a softmax inside the method,
+would mix in the other rows and change with x. A one-hidden-layer ReLU network
+has a hand-computable gradient.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saliency_guide import methods
+from saliency_guide.methods import _gradients
+from saliency_guide.models import CNN, MLP
+
+SHAPE = (4, 5, 1)  # (H, W, C) of the toy images
+CLASSES = 3
+
+
+class Linear(nnx.Module):
+  """f(x) = W vec(x) + b: the logits of a linear classifier."""
+
+  def __init__(self, weights: np.ndarray, bias: np.ndarray, image_shape=SHAPE):
+    self.image_shape = tuple(image_shape)
+    self.weights = nnx.Param(jnp.asarray(weights, jnp.float32))  # (classes, H*W*C)
+    self.bias = nnx.Param(jnp.asarray(bias, jnp.float32))
+
+  def __call__(self, x):
+    return x.reshape(x.shape[0], -1) @ self.weights[...].T + self.bias[...]
+
+
+def rand(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+  """Uniform [0, 1) test data from NumPy (an eager rank-4 jax.random call compiles for seconds)."""
+  return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def numpy_model(factory, seed: int = 0, bias_scale: float = 0.1) -> nnx.Module:
+  """``factory()``'s architecture with He-normal weights and N(0, bias_scale²) biases.
+
+  Drawn with NumPy into an abstract model (``nnx.eval_shape``): initialising
+  through ``nnx.Rngs`` compiles JAX's random generator for every rank-4 kernel
+  shape, seconds each on this CPU. Non-zero biases matter: a bias-free ReLU
+  network is positively homogeneous, f(αx) = α f(x), so its gradient is constant
+  along the path from a black baseline and every quadrature rule is exact.
+  """
+  graphdef, state = nnx.split(nnx.eval_shape(factory))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    if "['bias']" in jax.tree_util.keystr(path):
+      values = bias_scale * rng.standard_normal(leaf.shape)
+    else:
+      values = rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))
+    return jnp.asarray(values, jnp.float32)
+
+  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+
+
+@pytest.fixture(scope="module")
+def cnn() -> CNN:
+  return numpy_model(lambda: CNN(rngs=nnx.Rngs(0)))
+
+
+def with_new_weights(model: nnx.Module, scale: float) -> nnx.Module:
+  """Same architecture, other weights (without another random initialisation)."""
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a * scale, state))
+
+
+def linear_model(seed: int = 0) -> tuple[Linear, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  weights = rng.normal(size=(CLASSES, int(np.prod(SHAPE)))).astype(np.float32)
+  return Linear(weights, rng.normal(size=CLASSES)), weights
+
+
+images_strategy = st.lists(
+    st.floats(0.0, 1.0, width=32), min_size=2 * int(np.prod(SHAPE)),
+    max_size=2 * int(np.prod(SHAPE)),
+).map(lambda v: np.asarray(v, np.float32).reshape(2, *SHAPE))
+targets_strategy = st.lists(st.integers(0, CLASSES - 1), min_size=2, max_size=2).map(
+    lambda v: np.asarray(v, np.int32)
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(images=images_strategy, targets=targets_strategy)
+def test_linear_model_gradient_is_the_weight_row(images, targets):
+  model, weights = linear_model()
+  maps = methods.gradients(model, images, targets)
+  np.testing.assert_allclose(maps, weights[targets].reshape(2, *SHAPE), rtol=1e-6)
+  np.testing.assert_allclose(
+      methods.gradients_x_inputs(model, images, targets),
+      images * weights[targets].reshape(2, *SHAPE), rtol=1e-6, atol=1e-7,
+  )
+
+
+def test_explains_the_logit_not_the_loss_or_the_probability():
+  """Changing the other classes' weights must not change the map of class c.
+
+  The gradient of the cross-entropy loss, -(1 - p_c) W[c] + sum_{j != c} p_j W[j],
+  and of the softmax probability p_c both depend on every row of W (and would
+  flip or scale the sign of the map); the logit's gradient is W[c] alone.
+  """
+  model, weights = linear_model()
+  images = np.full((1, *SHAPE), 0.5, np.float32)
+  targets = np.array([1])
+  before = methods.gradients(model, images, targets)
+  other = weights.copy()
+  other[[0, 2]] *= -3.0
+  after = methods.gradients(Linear(other, np.zeros(CLASSES)), images, targets)
+  np.testing.assert_array_equal(before, after)
+  np.testing.assert_allclose(before[0].ravel(), weights[1], rtol=1e-6)
+  # The loss gradient really is different here, so the assertion above can fail.
+  def loss(x):
+    return -jax.nn.log_softmax(model(x))[0, 1]
+  assert not np.allclose(jax.grad(loss)(jnp.asarray(images)), before, atol=1e-3)
+
+
+def test_one_hidden_layer_relu_network_by_hand():
+  """f_c(x) = V[c] relu(U x + a) + b_c has gradient U^T (V[c] ⊙ 1[U x + a > 0])."""
+  model = numpy_model(
+      lambda: MLP(hidden=(6,), num_classes=CLASSES, image_shape=SHAPE, rngs=nnx.Rngs(0)), seed=3)
+  images = rand(1, (3, *SHAPE))
+  targets = np.array([0, 2, 1])
+  u, a = np.asarray(model.hidden[0].kernel[...]), np.asarray(model.hidden[0].bias[...])
+  v = np.asarray(model.head.kernel[...])  # (hidden, classes)
+  flat = np.asarray(images).reshape(3, -1)
+  active = (flat @ u + a > 0).astype(np.float32)  # (B, hidden)
+  expected = (active * v[:, targets].T) @ u.T  # (B, H*W*C)
+  maps = methods.gradients(model, images, targets)
+  np.testing.assert_allclose(np.asarray(maps).reshape(3, -1), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      methods.gradients_x_inputs(model, images, targets), images * maps, rtol=1e-6
+  )
+
+
+def test_examples_of_a_batch_do_not_interact(cnn):
+  model = cnn
+  x = rand(2, (3, 28, 28, 1))
+  targets = np.array([1, 5, 7])
+  batched = methods.gradients(model, x, targets)
+  single = methods.gradients(model, x[1:2], targets[1:2])
+  np.testing.assert_allclose(batched[1:2], single, rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_x_inputs_is_zero_on_black_pixels(cnn):
+  model = cnn
+  x = rand(3, (2, 28, 28, 1)) * (rand(4, (2, 28, 28, 1)) > 0.7)
+  maps = methods.gradients_x_inputs(model, x, np.array([0, 1]))
+  assert float(jnp.abs(jnp.where(x == 0, maps, 0)).max()) == 0.0
+  assert float(jnp.abs(maps).max()) > 0
+
+
+def test_model_is_not_modified(cnn):
+  model = cnn
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  methods.gradients(model, jnp.ones((1, 28, 28, 1)), np.array([0]))
+  after = jax.tree.map(np.asarray, nnx.state(model))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+@pytest.mark.parametrize("method", [methods.gradients, methods.gradients_x_inputs])
+def test_no_recompilation_for_new_data_or_new_weights(cnn, method):
+  core = {methods.gradients: _gradients._gradients,
+          methods.gradients_x_inputs: _gradients._gradients_x_inputs}[method]
+  x = rand(5, (2, 28, 28, 1))
+  method(cnn, x, np.array([0, 1]))
+  size = core._cache_size()
+  method(with_new_weights(cnn, 0.5), x + 0.5, np.array([3, 2]))
+  method(cnn, x * 2, jnp.array([9, 9]))
+  assert core._cache_size() == size
+
+
+BAD_INPUTS = [
+    # (images, targets, error, words that the message must contain)
+    (np.zeros((28, 28, 1), np.float32), [0], ValueError, ["images", "rank 4"]),
+    (np.zeros((2, 1, 28, 28), np.float32), [0, 1], ValueError, ["images", "NCHW"]),
+    (np.zeros((2, 28, 28, 1), np.uint8), [0, 1], TypeError, ["images", "floating"]),
+    (np.full((2, 28, 28, 1), np.nan, np.float32), [0, 1], ValueError, ["images", "finite"]),
+    (np.zeros((2, 28, 28, 1), np.float32), [0, 10], ValueError, ["targets", "[0, 10)"]),
+    (np.zeros((2, 28, 28, 1), np.float32), [-1, 0], ValueError, ["targets", "[0, 10)"]),
+    (np.zeros((2, 28, 28, 1), np.float32), [0], ValueError, ["targets", "shape (2,)"]),
+    (np.zeros((2, 28, 28, 1), np.float32), [0.0, 1.0], TypeError, ["targets", "integer"]),
+]
+
+
+@pytest.mark.parametrize("method", [methods.gradients, methods.gradients_x_inputs])
+@pytest.mark.parametrize(("images", "targets", "error", "words"), BAD_INPUTS)
+def test_bad_inputs_raise_errors_naming_the_argument(cnn, method, images, targets, error, words):
+  with pytest.raises(error) as info:
+    method(cnn, images, np.asarray(targets))
+  for word in words:
+    assert word in str(info.value)

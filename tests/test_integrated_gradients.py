@@ -1,0 +1,500 @@
+"""Tests of Integrated Gradients, its quadrature rules and baselines, and Expected Gradients.
+
+What the maths guarantees and the tests check:
+* every quadrature rule's weights sum to 1 and integrate low-degree polynomials
+  exactly (Gauss–Legendre with n nodes: up to degree 2n - 1, and not 2n);
+* for a linear model f(x) = W vec(x) + b, IG = (x - x') ⊙ W[c] for every rule and
+  step count, and Expected Gradients = (x - E[x']) ⊙ W[c];
+* completeness, Σ IG = f_c(x) - f_c(x') with f_c the *logit*, within 1 % on a
+  CNN with 128 Gauss–Legendre steps; linearity and implementation invariance;
+* chunking the path (internal_batch_size) changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saliency_guide import methods
+from saliency_guide.methods import _integrated
+from saliency_guide.models import CNN, MLP
+
+SHAPE = (4, 5, 1)
+CLASSES = 3
+RULES = methods.QUADRATURE_RULES
+
+
+class Linear(nnx.Module):
+  """f(x) = W vec(x) + b: the logits of a linear classifier."""
+
+  def __init__(self, weights: np.ndarray, bias: np.ndarray, image_shape=SHAPE):
+    self.image_shape = tuple(image_shape)
+    self.weights = nnx.Param(jnp.asarray(weights, jnp.float32))
+    self.bias = nnx.Param(jnp.asarray(bias, jnp.float32))
+
+  def __call__(self, x):
+    return x.reshape(x.shape[0], -1) @ self.weights[...].T + self.bias[...]
+
+
+def linear_model(seed: int = 0) -> tuple[Linear, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  weights = rng.normal(size=(CLASSES, int(np.prod(SHAPE)))).astype(np.float32)
+  return Linear(weights, rng.normal(size=CLASSES)), weights
+
+
+def toy_mlp(seed: int = 0) -> MLP:
+  return numpy_model(
+      lambda: MLP(hidden=(8,), num_classes=CLASSES, image_shape=SHAPE, rngs=nnx.Rngs(0)), seed)
+
+
+def rand(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+  """Uniform [0, 1) test data from NumPy (an eager rank-4 jax.random call compiles for seconds)."""
+  return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def toy_batch(batch: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  images = rand(seed, (batch, *SHAPE))
+  return images, np.arange(batch, dtype=np.int32) % CLASSES
+
+
+def numpy_model(factory, seed: int = 0, bias_scale: float = 0.1) -> nnx.Module:
+  """``factory()``'s architecture with He-normal weights and N(0, bias_scale²) biases.
+
+  Drawn with NumPy into an abstract model (``nnx.eval_shape``): initialising
+  through ``nnx.Rngs`` compiles JAX's random generator for every rank-4 kernel
+  shape, seconds each on this CPU. Non-zero biases matter: a bias-free ReLU
+  network is positively homogeneous, f(αx) = α f(x), so its gradient is constant
+  along the path from a black baseline and every quadrature rule is exact.
+  """
+  graphdef, state = nnx.split(nnx.eval_shape(factory))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    if "['bias']" in jax.tree_util.keystr(path):
+      values = bias_scale * rng.standard_normal(leaf.shape)
+    else:
+      values = rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))
+    return jnp.asarray(values, jnp.float32)
+
+  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+
+
+@pytest.fixture(scope="module")
+def cnn() -> CNN:
+  return numpy_model(lambda: CNN(rngs=nnx.Rngs(0)))
+
+
+logits_of = nnx.jit(lambda model, x: model(x))
+
+
+def min_steps(rule: str) -> int:
+  return 2 if rule == "riemann_trapezoid" else 1
+
+
+# --------------------------------------------------------------------------------------
+# Quadrature.
+# --------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(rule=st.sampled_from(RULES), steps=st.integers(2, 300))
+def test_quadrature_weights_sum_to_one_and_nodes_lie_in_the_unit_interval(rule, steps):
+  alphas, weights = methods.quadrature(rule, steps)
+  assert alphas.shape == weights.shape == (steps,)
+  assert abs(weights.sum() - 1.0) < 1e-12
+  assert (weights > 0).all()
+  assert (alphas >= 0).all() and (alphas <= 1).all()
+
+
+@pytest.mark.parametrize(("rule", "degree"), [
+    ("riemann_left", 0), ("riemann_right", 0), ("riemann_middle", 1), ("riemann_trapezoid", 1),
+])
+@pytest.mark.parametrize("steps", [2, 3, 10])
+def test_riemann_rules_are_exact_to_their_degree_and_no_further(rule, degree, steps):
+  alphas, weights = methods.quadrature(rule, steps)
+  for d in range(degree + 1):
+    assert weights @ alphas**d == pytest.approx(1 / (d + 1), abs=1e-14)
+  assert abs(weights @ alphas ** (degree + 1) - 1 / (degree + 2)) > 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 30), data=st.data())
+def test_gauss_legendre_is_exact_to_degree_2n_minus_1(steps, data):
+  alphas, weights = methods.quadrature("gausslegendre", steps)
+  degree = data.draw(st.integers(0, 2 * steps - 1))
+  assert weights @ alphas**degree == pytest.approx(1 / (degree + 1), rel=1e-11)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 6])
+def test_gauss_legendre_error_at_degree_2n_is_the_textbook_remainder(steps):
+  """∫_0^1 α^{2n} dα - Σ w_k α_k^{2n} = (n!)^4 / ((2n + 1) ((2n)!)^2) > 0."""
+  alphas, weights = methods.quadrature("gausslegendre", steps)
+  error = 1 / (2 * steps + 1) - weights @ alphas ** (2 * steps)
+  f = math.factorial
+  assert error == pytest.approx(f(steps) ** 4 / ((2 * steps + 1) * f(2 * steps) ** 2), rel=1e-6)
+
+
+def test_documented_nodes_and_weights():
+  np.testing.assert_allclose(methods.quadrature("riemann_left", 4)[0], [0, 0.25, 0.5, 0.75])
+  np.testing.assert_allclose(methods.quadrature("riemann_right", 4)[0], [0.25, 0.5, 0.75, 1])
+  np.testing.assert_allclose(
+      methods.quadrature("riemann_middle", 4)[0], [0.125, 0.375, 0.625, 0.875]
+  )
+  alphas, weights = methods.quadrature("riemann_trapezoid", 3)
+  np.testing.assert_allclose(alphas, [0, 0.5, 1])
+  np.testing.assert_allclose(weights, [0.25, 0.5, 0.25])  # Captum: [1/3, 1/3, 1/3]
+  alphas, weights = methods.quadrature("gausslegendre", 2)
+  np.testing.assert_allclose(alphas, [0.5 - 0.5 / np.sqrt(3), 0.5 + 0.5 / np.sqrt(3)])
+  np.testing.assert_allclose(weights, [0.5, 0.5])
+
+
+@pytest.mark.parametrize(("rule", "steps", "error", "word"), [
+    ("simpson", 8, ValueError, "method"),
+    ("gausslegendre", 0, ValueError, "steps"),
+    ("gausslegendre", 2.0, TypeError, "steps"),
+    ("riemann_trapezoid", 1, ValueError, "steps"),
+])
+def test_quadrature_rejects_bad_arguments(rule, steps, error, word):
+  with pytest.raises(error, match=word):
+    methods.quadrature(rule, steps)
+
+
+# --------------------------------------------------------------------------------------
+# Integrated Gradients on models where the answer is known.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("steps", [1, 7])
+def test_linear_model_ig_is_input_minus_baseline_times_weights(rule, steps):
+  steps = max(steps, min_steps(rule))
+  model, weights = linear_model()
+  images, targets = toy_batch()
+  baseline = rand(9, SHAPE)
+  maps, delta = methods.integrated_gradients(
+      model, images, targets, baseline=baseline, steps=steps, method=rule, return_delta=True
+  )
+  expected = (images - baseline) * weights[targets].reshape(-1, *SHAPE)
+  np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(delta, 0, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rule=st.sampled_from(RULES))
+def test_linear_model_ig_for_random_inputs_and_baselines(seed, rule):
+  model, weights = linear_model(seed % 7)
+  images, targets = toy_batch(seed=seed)
+  baseline = np.random.default_rng(seed + 1).standard_normal(images.shape, np.float32)
+  maps = methods.integrated_gradients(
+      model, images, targets, baseline=baseline, steps=7, method=rule
+  )
+  expected = (images - baseline) * weights[targets].reshape(-1, *SHAPE)
+  np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_completeness_on_a_cnn_with_128_gauss_legendre_steps(cnn):
+  """Σ_i IG_i = f_c(x) - f_c(x') for the logit, computed here from the model itself.
+
+  A softmax inside the method, or the loss instead of the logit, would give
+  sums equal to probability or loss differences and fail.
+  """
+  blobs = jnp.asarray(rand(0, (4, 7, 7, 1)) > 0.6)
+  images = jax.image.resize(blobs.astype(jnp.float32), (4, 28, 28, 1), "linear")
+  gaps = logits_of(cnn, images) - logits_of(cnn, jnp.zeros_like(images))
+  targets = np.asarray(jnp.abs(gaps).argmax(axis=1))  # the class whose logit moves most
+  gap = gaps[jnp.arange(4), targets]
+  maps, delta = methods.integrated_gradients(
+      cnn, images, targets, steps=128, method="gausslegendre", return_delta=True
+  )
+  sums = maps.sum(axis=(1, 2, 3))
+  np.testing.assert_allclose(sums, gap, rtol=0.01)
+  np.testing.assert_allclose(delta, sums - gap, atol=1e-4)
+  # Few steps are measurably worse, so the tolerance above is not vacuous.
+  _, coarse = methods.integrated_gradients(
+      cnn, images, targets, steps=2, method="riemann_right", return_delta=True
+  )
+  assert float(jnp.abs(coarse).max()) > 0.01 * float(jnp.abs(gap).max())
+
+
+def test_one_right_riemann_step_is_gradient_times_input():
+  model = toy_mlp(3)
+  images, targets = toy_batch()
+  np.testing.assert_allclose(
+      methods.integrated_gradients(model, images, targets, steps=1, method="riemann_right"),
+      methods.gradients_x_inputs(model, images, targets), rtol=1e-6, atol=1e-7)
+
+
+def test_linearity_axiom():
+  """IG of a·f + b·g equals a·IG(f) + b·IG(g) (same baseline, same path)."""
+
+  class Mix(nnx.Module):
+    def __init__(self, f, g):
+      self.f, self.g, self.image_shape = f, g, SHAPE
+
+    def __call__(self, x):
+      return 2.0 * self.f(x) - 0.5 * self.g(x)
+
+  f = toy_mlp(1)
+  g = toy_mlp(2)
+  images, targets = toy_batch()
+  ig = lambda m: methods.integrated_gradients(m, images, targets, steps=16)  # noqa: E731
+  np.testing.assert_allclose(ig(Mix(f, g)), 2.0 * ig(f) - 0.5 * ig(g), rtol=1e-4, atol=1e-6)
+
+
+def test_implementation_invariance():
+  """Two functionally equal networks (hidden units permuted) get the same attributions."""
+  model = toy_mlp(4)
+  permuted = toy_mlp(5)
+  order = np.random.default_rng(0).permutation(8)
+  permuted.hidden[0].kernel[...] = model.hidden[0].kernel[...][:, order]
+  permuted.hidden[0].bias[...] = model.hidden[0].bias[...][order]
+  permuted.head.kernel[...] = model.head.kernel[...][order]
+  permuted.head.bias[...] = model.head.bias[...]
+  images, targets = toy_batch()
+  np.testing.assert_allclose(
+      methods.integrated_gradients(model, images, targets, steps=8),
+      methods.integrated_gradients(permuted, images, targets, steps=8), rtol=1e-4, atol=1e-6,
+  )
+
+
+@pytest.mark.parametrize("per_pass", [1, 2, 5, 64, 1000])
+def test_chunking_of_the_path_changes_nothing(per_pass):
+  """Batch 5 × 7 steps in passes of 1, 2, 5, 64, 1000 points (with padding)."""
+  model = toy_mlp(0)
+  images, targets = toy_batch(5)
+  reference, ref_delta = methods.integrated_gradients(
+      model, images, targets, steps=7, return_delta=True, internal_batch_size=35
+  )
+  maps, delta = methods.integrated_gradients(
+      model, images, targets, steps=7, return_delta=True, internal_batch_size=per_pass
+  )
+  np.testing.assert_allclose(maps, reference, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(delta, ref_delta, atol=1e-5)
+
+
+def test_plan_never_exceeds_the_pass_size():
+  for batch in (1, 3, 64, 100, 256):
+    for points in (1, 7, 64):
+      for per_pass in (1, 16, 64, 500):
+        groups, per_group, chunks, per_chunk = _integrated._plan(batch, points, per_pass)
+        assert groups * per_group >= batch and chunks * per_chunk >= points
+        assert per_group * per_chunk <= max(per_pass, per_group)
+
+
+# --------------------------------------------------------------------------------------
+# Baselines.
+# --------------------------------------------------------------------------------------
+
+
+def test_black_baseline_is_the_default_and_gives_zero_on_zero_pixels():
+  model = toy_mlp(0)
+  images, targets = toy_batch()
+  images[:, 0] = 0.0
+  default = methods.integrated_gradients(model, images, targets, steps=4)
+  black = methods.integrated_gradients(model, images, targets, steps=4, baseline="black")
+  zeros = methods.integrated_gradients(model, images, targets, steps=4, baseline=0.0)
+  np.testing.assert_array_equal(default, black)
+  np.testing.assert_allclose(default, zeros, rtol=1e-6)
+  assert float(jnp.abs(default[:, 0]).max()) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(), SHAPE, (1, *SHAPE), (3, *SHAPE)])
+def test_baseline_shapes_that_broadcast_explicitly(shape):
+  model, weights = linear_model()
+  images, targets = toy_batch()
+  baseline = np.full(shape, 0.25, np.float32)
+  maps = methods.integrated_gradients(model, images, targets, baseline=baseline, steps=2)
+  expected = (images - 0.25) * weights[targets].reshape(-1, *SHAPE)
+  np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_named_baselines():
+  images = jnp.asarray(rand(0, (2, 28, 28, 1)) * np.array([1.0, 0.5]).reshape(2, 1, 1, 1))
+  low, high = images.min(axis=(1, 2, 3)), images.max(axis=(1, 2, 3))
+  key = jax.random.key(1)
+  uniform = methods.make_baseline("uniform", images, key=key)
+  np.testing.assert_array_equal(uniform, methods.make_baseline("uniform", images, key=key))
+  assert not np.allclose(uniform, methods.make_baseline("uniform", images, key=jax.random.key(2)))
+  for b in range(2):
+    assert low[b] <= uniform[b].min() and uniform[b].max() <= high[b]
+    assert abs(float(uniform[b].mean()) - float(low[b] + high[b]) / 2) < 0.05 * float(high[b])
+  gauss = methods.make_baseline("gaussian", images, key=key, sigma=0.1)
+  assert float(jnp.abs(gauss - images).mean()) > 0.01
+  for b in range(2):
+    assert low[b] <= gauss[b].min() and gauss[b].max() <= high[b]
+  np.testing.assert_array_equal(methods.make_baseline("black", images), 0.0)
+  # Blur: a point spreads into a normalised Gaussian of the requested width.
+  point = jnp.zeros((1, 28, 28, 1)).at[0, 14, 14, 0].set(1.0)
+  blurred = methods.make_baseline("blur", point, sigma=2.0)[0, :, :, 0]
+  assert float(blurred.sum()) == pytest.approx(1.0, rel=1e-5)
+  rows = np.arange(28) - 14
+  variance = float((blurred.sum(axis=1) * rows**2).sum())
+  assert variance == pytest.approx(4.0, rel=0.02)
+  np.testing.assert_allclose(blurred, blurred.T, atol=1e-7)
+  # A constant image stays constant (edge-replicated borders).
+  np.testing.assert_allclose(
+      methods.make_baseline("blur", jnp.full((1, 9, 9, 2), 0.3)), 0.3, rtol=1e-6)
+
+
+def test_random_baseline_needs_a_key_and_is_reproducible():
+  model = toy_mlp(0)
+  images, targets = toy_batch()
+  for name in ("uniform", "gaussian"):
+    with pytest.raises(ValueError, match=f"key: the '{name}' baseline is random"):
+      methods.integrated_gradients(model, images, targets, baseline=name)
+    first = methods.integrated_gradients(
+        model, images, targets, baseline=name, key=jax.random.key(0), steps=4)
+    again = methods.integrated_gradients(
+        model, images, targets, baseline=name, key=jax.random.key(0), steps=4)
+    other = methods.integrated_gradients(
+        model, images, targets, baseline=name, key=jax.random.key(1), steps=4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+def test_named_baseline_equals_the_same_baseline_given_as_an_array():
+  model = toy_mlp(0)
+  images, targets = toy_batch()
+  for name, key in (("blur", None), ("uniform", jax.random.key(3))):
+    named = methods.integrated_gradients(
+        model, images, targets, baseline=name, key=key, sigma=1.0 if key is None else None,
+        steps=4)
+    array = methods.make_baseline(name, images, key=key, sigma=1.0 if key is None else None)
+    given_ = methods.integrated_gradients(model, images, targets, baseline=array, steps=4)
+    np.testing.assert_allclose(named, given_, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------
+# Expected Gradients.
+# --------------------------------------------------------------------------------------
+
+
+def test_expected_gradients_on_a_linear_model():
+  """Each sample gives (x - x'_j) ⊙ W[c] exactly, so EG = (x - mean of drawn x') ⊙ W[c]."""
+  model, weights = linear_model()
+  images, targets = toy_batch()
+  one_reference = rand(5, (1, *SHAPE))
+  maps = methods.expected_gradients(
+      model, images, targets, references=one_reference, samples=5, key=jax.random.key(0))
+  expected = (images - one_reference) * weights[targets].reshape(-1, *SHAPE)
+  np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
+  # Many references: Monte Carlo estimate of (x - E[x']) ⊙ W[c].
+  references = rand(6, (4, *SHAPE))
+  maps = methods.expected_gradients(
+      model, images, targets, references=references, samples=1000, key=jax.random.key(0))
+  expected = (images - references.mean(0)) * weights[targets].reshape(-1, *SHAPE)
+  np.testing.assert_allclose(maps, expected, atol=0.05 * float(jnp.abs(expected).max()))
+
+
+def test_expected_gradients_is_reproducible_and_depends_on_the_key():
+  model = toy_mlp(0)
+  images, targets = toy_batch()
+  references = rand(6, (6, *SHAPE))
+  run = lambda seed: methods.expected_gradients(  # noqa: E731
+      model, images, targets, references=references, samples=8, key=jax.random.key(seed))
+  np.testing.assert_array_equal(run(0), run(0))
+  assert not np.allclose(run(0), run(1))
+
+
+def test_expected_gradients_completeness_in_expectation():
+  """Σ_i φ_i(x) → f_c(x) - E_{x'}[f_c(x')] as the number of samples grows."""
+  model = toy_mlp(0)
+  images, targets = toy_batch()
+  references = rand(7, (5, *SHAPE))
+  maps = methods.expected_gradients(
+      model, images, targets, references=references, samples=2000, key=jax.random.key(0))
+  gap = model(images)[jnp.arange(3), targets] - model(references)[:, targets].mean(0)
+  # Monte Carlo: the standard error here is a few % of the gap; a missing (x - x')
+  # factor or a wrong baseline would be off by far more than 10 %.
+  np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), gap, atol=0.1 * float(jnp.abs(gap).max()))
+
+
+# --------------------------------------------------------------------------------------
+# Compilation and bad input.
+# --------------------------------------------------------------------------------------
+
+
+def test_no_recompilation_for_new_data_weights_or_baseline_values():
+  x, t = toy_batch(2)
+  methods.integrated_gradients(toy_mlp(0), x, t, steps=4)
+  methods.integrated_gradients(toy_mlp(0), x, t, steps=4, baseline=jnp.ones_like(x))
+  size = _integrated._integrated_gradients._cache_size()
+  methods.integrated_gradients(toy_mlp(1), x * 0.5, np.array([2, 0]), steps=4)
+  methods.integrated_gradients(toy_mlp(2), x, t, steps=4, baseline=jnp.full_like(x, 0.3))
+  assert _integrated._integrated_gradients._cache_size() == size
+  methods.integrated_gradients(toy_mlp(2), x, t, steps=5)  # a new static option compiles
+  assert _integrated._integrated_gradients._cache_size() == size + 1
+
+
+def test_expected_gradients_no_recompilation():
+  x, t = toy_batch(2)
+  refs = rand(1, (5, *SHAPE))
+  run = lambda model, seed: methods.expected_gradients(  # noqa: E731
+      model, x, t, references=refs * seed, samples=3, key=jax.random.key(seed))
+  run(toy_mlp(0), 1)
+  size = _integrated._expected_gradients._cache_size()
+  run(toy_mlp(1), 2)
+  assert _integrated._expected_gradients._cache_size() == size
+
+
+GOOD = np.zeros((2, 28, 28, 1), np.float32)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "words"), [
+    ({"images": np.zeros((28, 28, 1), np.float32)}, ValueError, ["images", "rank 4"]),
+    ({"images": np.zeros((2, 1, 28, 28), np.float32)}, ValueError, ["images", "NCHW"]),
+    ({"images": np.zeros((2, 28, 28, 1), np.int32)}, TypeError, ["images", "floating"]),
+    ({"images": np.full((2, 28, 28, 1), np.inf, np.float32)}, ValueError, ["images", "finite"]),
+    ({"targets": np.array([0, 12])}, ValueError, ["targets", "[0, 10)"]),
+    ({"targets": np.array([0, 1, 2])}, ValueError, ["targets", "shape (2,)"]),
+    ({"steps": 0}, ValueError, ["steps", ">= 1"]),
+    ({"steps": 1, "method": "riemann_trapezoid"}, ValueError, ["steps", ">= 2"]),
+    ({"method": "trapezoid"}, ValueError, ["method", "'riemann_trapezoid'"]),
+    ({"baseline": "zeros"}, ValueError, ["baseline", "'blur'"]),
+    ({"baseline": np.zeros((2, 1, 28, 28), np.float32)}, ValueError,
+     ["baseline", "shape (2, 1, 28, 28)"]),
+    ({"baseline": np.zeros((3, 28, 28, 1), np.float32)}, ValueError, ["baseline", "(3, 28"]),
+    ({"baseline": np.zeros((28, 28), np.float32)}, ValueError, ["baseline", "(28, 28)"]),
+    ({"baseline": np.zeros((2, 28, 28, 1), np.int32)}, TypeError, ["baseline", "floating"]),
+    ({"baseline": np.full((28, 28, 1), np.nan, np.float32)}, ValueError,
+     ["baseline", "finite"]),
+    ({"baseline": "uniform"}, ValueError, ["key", "PRNG key"]),
+    ({"baseline": "uniform", "key": 0}, TypeError, ["key", "jax.random.key"]),
+    ({"baseline": "blur", "sigma": -1.0}, ValueError, ["sigma", "> 0"]),
+    ({"return_delta": 1}, TypeError, ["return_delta"]),
+    ({"internal_batch_size": 0}, ValueError, ["internal_batch_size"]),
+])
+def test_integrated_gradients_bad_input(cnn, kwargs, error, words):
+  args = {"images": GOOD, "targets": np.array([0, 1]), **kwargs}
+  with pytest.raises(error) as info:
+    methods.integrated_gradients(cnn, **args)
+  for word in words:
+    assert word in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "words"), [
+    ({"references": np.zeros((5, 1, 28, 28), np.float32)}, ValueError, ["references", "(R, 28"]),
+    ({"references": np.zeros((0, 28, 28, 1), np.float32)}, ValueError, ["references", "at least"]),
+    ({"references": np.zeros((5, 28, 28, 1), np.uint8)}, TypeError, ["references", "floating"]),
+    ({"references": np.full((5, 28, 28, 1), np.nan, np.float32)}, ValueError,
+     ["references", "finite"]),
+    ({"samples": 0}, ValueError, ["samples"]),
+    ({"key": None}, ValueError, ["key", "PRNG key"]),
+    ({"key": np.zeros(3, np.uint32)}, TypeError, ["key"]),
+    ({"targets": np.array([10, 0])}, ValueError, ["targets"]),
+])
+def test_expected_gradients_bad_input(cnn, kwargs, error, words):
+  args = {"images": GOOD, "targets": np.array([0, 1]),
+          "references": np.zeros((5, 28, 28, 1), np.float32), "samples": 4,
+          "key": jax.random.key(0), **kwargs}
+  with pytest.raises(error) as info:
+    methods.expected_gradients(cnn, **args)
+  for word in words:
+    assert word in str(info.value)

@@ -1,0 +1,538 @@
+"""Tests of saliency_guide.metrics: deletion/insertion, similarity, randomisation, completeness.
+
+What is pinned down:
+
+* deletion: on a model that reads a single pixel, the oracle map (that pixel
+  first) has the hand-computed area (p0 + q) / 2S + q (S - 1) / S and beats a
+  random ranking on every image; the first and last points of a curve are the
+  model on the image and on the substrate; insertion with a ranking equals
+  deletion with the reversed ranking read backwards (step for step, and the
+  areas); the result does not depend on the chunk size; (B, H, W, C) and
+  (B, H, W) maps give the same curves; ties are broken at random, not by
+  index; the jitted core compiles once per shape;
+* similarity: a map against itself scores 1 on all four measures; Spearman
+  equals scipy's; sign flips are forgiven by the absolute versions only; SSIM
+  is scale-free and low for unrelated maps;
+* randomisation: cascading step k changes exactly the top k layers (every one
+  of their parameters) and nothing else, independent step k exactly one; the
+  caller's model is untouched; a model-independent "method" scores 1 at every
+  step (the test flags it), the gradient does not; the method compiles once
+  for all randomised copies;
+* completeness: 0 for gradient x input on a linear model and for exact IG
+  there; equal to integrated_gradients' own delta; shrinking with steps;
+* bad input raises errors naming the argument.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saliency_guide import metrics
+from saliency_guide.methods import integrated_gradients
+from saliency_guide.methods._core import logit_gradient
+from saliency_guide.metrics import _deletion
+from saliency_guide.models import CNN, MLP, GapCNN
+from saliency_guide.sanity import parameter_layers
+
+ROW, COL = 5, 7
+
+
+class OnePixel(nnx.Module):
+  """Two logits that read only pixel (ROW, COL): p_0 = sigmoid(scale (2 x - 1))."""
+
+  def __init__(self, scale: float = 20.0):
+    self.image_shape = (28, 28, 1)
+    self.head = nnx.Linear(1, 2, rngs=nnx.Rngs(0))
+    self.head.kernel[...] = jnp.array([[scale, -scale]])
+    self.head.bias[...] = jnp.array([-scale / 2, scale / 2])
+
+  def __call__(self, x):
+    return self.head(x[:, ROW, COL, :])
+
+
+class LinearModel(nnx.Module):
+  def __init__(self, seed: int = 0):
+    self.image_shape = (28, 28, 1)
+    self.head = nnx.Linear(784, 10, rngs=nnx.Rngs(seed))
+
+  def __call__(self, x):
+    return self.head(x.reshape(len(x), -1))
+
+
+def one_pixel_data(batch=16, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.random((batch, 28, 28, 1), np.float32)
+  x[:, ROW, COL, 0] = 1.0
+  oracle = np.zeros((batch, 28, 28), np.float32)
+  oracle[:, ROW, COL] = 1.0
+  return jnp.asarray(x), jnp.zeros(batch, jnp.int32), jnp.asarray(oracle)
+
+
+def small_cnn(seed=0):
+  return CNN(channels=(4, 6), hidden=12, rngs=nnx.Rngs(seed))
+
+
+def images(batch=4, seed=0):
+  return jax.random.uniform(jax.random.key(seed), (batch, 28, 28, 1))
+
+
+@jax.jit
+def _gradient(graphdef, state, x, t):
+  return logit_gradient(nnx.merge(graphdef, state), x, t)
+
+
+def gradient(model, x, t):
+  """The gradient of the target logit, jitted the way the package's methods are."""
+  return _gradient(*nnx.split(model), x, t)
+
+
+# ---------------------------------------------------------------------------------------
+# Deletion and insertion.
+# ---------------------------------------------------------------------------------------
+
+
+def test_deletion_oracle_on_one_pixel_model_has_hand_computed_auc_and_beats_random():
+  model = OnePixel()
+  x, t, oracle = one_pixel_data()
+  steps = 28
+  curves = metrics.deletion(model, x, t, oracle, substrate="zeros", steps=steps)
+  p0 = jax.nn.sigmoid(20.0)  # pixel = 1
+  q = jax.nn.sigmoid(-20.0)  # pixel = 0 (deleted)
+  np.testing.assert_allclose(curves.scores[:, 0], p0, rtol=1e-6)
+  np.testing.assert_allclose(curves.scores[:, 1:], q, atol=1e-7)
+  expected = (p0 + q) / (2 * steps) + q * (steps - 1) / steps
+  np.testing.assert_allclose(curves.auc, expected, rtol=1e-5)
+  random = metrics.deletion(
+      model, x, t, metrics.random_attributions(jax.random.key(1), x), substrate="zeros",
+      steps=steps,
+  )
+  # Optimal: never worse than random (equal when random deletes the pixel first, p = 1/28).
+  assert bool((curves.auc <= random.auc + 1e-7).all())
+  assert float(curves.auc.mean()) < float(random.auc.mean())
+  # The random ranking removes the pixel at a uniformly random step: AUC ~ 1/2 on average.
+  assert 0.3 < float(random.auc.mean()) < 0.7
+
+
+def test_insertion_oracle_is_the_mirror_image():
+  model = OnePixel()
+  x, t, oracle = one_pixel_data()
+  steps = 28
+  ins = metrics.insertion(model, x, t, oracle, substrate="zeros", steps=steps)
+  dele = metrics.deletion(model, x, t, oracle, substrate="zeros", steps=steps)
+  p0, q = jax.nn.sigmoid(20.0), jax.nn.sigmoid(-20.0)
+  np.testing.assert_allclose(ins.auc, (p0 + q) / (2 * steps) + p0 * (steps - 1) / steps,
+                             rtol=1e-5)
+  np.testing.assert_allclose(ins.auc + dele.auc, p0 + q, rtol=1e-5)
+  random = metrics.insertion(model, x, t, metrics.random_attributions(jax.random.key(1), x),
+                             substrate="zeros", steps=steps)
+  assert bool((ins.auc >= random.auc - 1e-7).all())
+  assert float(ins.auc.mean()) > float(random.auc.mean())
+
+
+@pytest.mark.parametrize("substrate", ["zeros", "blur", "mean"])
+def test_insertion_equals_deletion_of_the_reversed_ranking(substrate):
+  model = small_cnn()
+  x, t = images(4), jnp.array([1, 4, 9, 0])
+  maps = jax.random.normal(jax.random.key(2), (4, 28, 28))  # no ties
+  steps = 14  # 784 / 14: every step removes exactly 56 pixels
+  ins = metrics.insertion(model, x, t, maps, substrate=substrate, steps=steps)
+  rev = metrics.deletion(model, x, t, -maps, substrate=substrate, steps=steps)
+  np.testing.assert_allclose(ins.scores, rev.scores[:, ::-1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ins.auc, rev.auc, rtol=1e-5)
+
+
+def test_curve_end_points_are_the_image_and_the_substrate():
+  model = small_cnn()
+  x, t = images(4), jnp.array([3, 5, 0, 1])
+  maps = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  curves = metrics.deletion(model, x, t, maps, substrate="blur", steps=14, score="logit")
+  logits = lambda z: model(z)[jnp.arange(4), t]  # noqa: E731
+  np.testing.assert_allclose(curves.scores[:, 0], logits(x), rtol=1e-5)
+  blurred = metrics.make_substrate(x, "blur")
+  np.testing.assert_allclose(curves.scores[:, -1], logits(blurred), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(curves.fractions, np.arange(15) / 14, rtol=1e-6)
+  probs = metrics.deletion(model, x, t, maps, substrate="blur", steps=14)
+  np.testing.assert_allclose(probs.scores[:, 0], jax.nn.softmax(model(x))[jnp.arange(4), t],
+                             rtol=1e-5)
+
+
+def test_chunking_does_not_change_the_curves_and_compiles_once():
+  model = small_cnn()
+  x, t = images(4), jnp.array([0, 1, 2, 3])
+  maps = jax.random.normal(jax.random.key(0), (4, 28, 28))
+  whole = metrics.deletion(model, x, t, maps, steps=14, internal_batch_size=4096)
+  chunked = metrics.deletion(model, x, t, maps, steps=14, internal_batch_size=4)
+  np.testing.assert_allclose(whole.scores, chunked.scores, rtol=1e-5, atol=1e-6)
+  before = _deletion._curves._cache_size()
+  metrics.deletion(model, images(4, seed=5), t, maps + 1.0, steps=14, internal_batch_size=4)
+  metrics.deletion(small_cnn(seed=3), images(4, seed=6), t, maps, steps=14,
+                   internal_batch_size=4)
+  assert _deletion._curves._cache_size() == before
+
+
+def test_per_feature_and_per_pixel_maps_give_the_same_curves():
+  model = small_cnn()
+  x, t = images(4), jnp.array([3, 5, 0, 1])
+  maps = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  a = metrics.deletion(model, x, t, maps, steps=14)
+  b = metrics.deletion(model, x, t, maps[..., 0], steps=14)
+  np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([(1, 3, 3), (3, 28, 28)]), st.integers(0, 2**31 - 1),
+       st.sampled_from([0.5, 2.0, 100.0]))
+def test_rank_pixels_is_a_permutation_ordered_by_score(shape, seed, spread):
+  batch = shape[0]
+  scores = jax.random.normal(jax.random.key(seed), shape)
+  scores = jnp.round(spread * scores)  # ties: many (spread 0.5) to few (spread 100)
+  ranks = np.asarray(metrics.rank_pixels(scores, jax.random.key(seed + 1)))
+  flat_r = ranks.reshape(batch, -1)
+  flat_s = np.asarray(scores).reshape(batch, -1)
+  for b in range(batch):
+    assert sorted(flat_r[b]) == list(range(flat_s.shape[1]))
+    order = np.argsort(flat_r[b])
+    assert np.all(np.diff(flat_s[b][order]) <= 0)  # decreasing score along the ranks
+
+
+def test_ties_are_broken_at_random_not_by_index():
+  ranks = np.asarray(metrics.rank_pixels(jnp.zeros((2, 28, 28)), jax.random.key(0)))
+  assert not np.array_equal(ranks[0].ravel(), np.arange(784))
+  assert not np.array_equal(ranks[0], ranks[1])  # independent per image
+  # Top 10 % of a constant map: spread over the image, not the first rows.
+  rows = np.nonzero(ranks[0] < 78)[0]
+  assert rows.max() > 14
+
+
+def test_absolute_ranking():
+  s = jnp.array([[[-5.0, 1.0], [2.0, 0.0]]])
+  assert metrics.rank_pixels(s, jax.random.key(0), absolute=True).tolist() == [[[0, 2], [1, 3]]]
+  assert metrics.rank_pixels(s, jax.random.key(0)).tolist() == [[[3, 1], [0, 2]]]
+
+
+def test_substrates():
+  x = images(2)
+  np.testing.assert_array_equal(metrics.make_substrate(x, "zeros"), 0.0)
+  np.testing.assert_allclose(metrics.make_substrate(x, "mean"), x.mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics.make_substrate(x, 0.25), 0.25)
+  np.testing.assert_allclose(metrics.make_substrate(x, jnp.full((28, 28, 1), 0.5)), 0.5)
+  point = jnp.zeros((1, 28, 28, 1)).at[0, 14, 14, 0].set(1.0)
+  blurred = metrics.make_substrate(point, "blur", blur_sigma=2.0)
+  assert abs(float(blurred.sum()) - 1.0) < 1e-3
+  assert float(blurred[0, 14, 14, 0]) == pytest.approx(1 / (2 * np.pi * 4), rel=0.05)
+
+
+def test_auc_of_a_constant_curve_is_the_constant():
+  fractions = jnp.linspace(0, 1, 11)
+  np.testing.assert_allclose(metrics.auc(fractions, jnp.full((3, 11), 0.7)), 0.7, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"attributions": jnp.zeros((2, 28, 27))}, ValueError, "attributions: expected shape"),
+        ({"attributions": jnp.full((2, 28, 28), jnp.nan)}, ValueError,
+         "attributions: expected finite"),
+        ({"attributions": jnp.zeros((2, 28, 28), jnp.int32)}, TypeError,
+         "attributions: expected a floating"),
+        ({"attributions": [[0.0]]}, TypeError, "attributions: expected a float array"),
+        ({"substrate": "noise"}, ValueError, "substrate: expected one of"),
+        ({"substrate": jnp.zeros((3, 28, 28, 1))}, ValueError,
+         "substrate: expected an array broadcastable"),
+        ({"substrate": None}, TypeError, "substrate"),
+        ({"steps": 0}, ValueError, "steps: expected an integer >= 1"),
+        ({"steps": 785}, ValueError, "steps: expected at most"),
+        ({"steps": 2.5}, TypeError, "steps"),
+        ({"score": "softmax"}, ValueError, "score: expected one of"),
+        ({"key": 0}, TypeError, "key: expected a JAX PRNG key"),
+        ({"blur_sigma": -1.0}, ValueError, "blur_sigma"),
+        ({"absolute": 1}, TypeError, "absolute"),
+        ({"internal_batch_size": 0}, ValueError, "internal_batch_size"),
+        ({"targets": jnp.array([0, 10])}, ValueError, "targets"),
+        ({"images": jnp.zeros((2, 1, 28, 28))}, ValueError, "NCHW"),
+    ],
+)
+def test_deletion_bad_input(kwargs, error, match):
+  args = {"images": jnp.zeros((2, 28, 28, 1)), "targets": jnp.array([0, 1]),
+          "attributions": jnp.zeros((2, 28, 28))}
+  options = {k: v for k, v in kwargs.items() if k not in args}
+  args.update({k: v for k, v in kwargs.items() if k in args})
+  for fn in (metrics.deletion, metrics.insertion):
+    with pytest.raises(error, match=match):
+      fn(small_cnn(), args["images"], args["targets"], args["attributions"], **options)
+
+
+# ---------------------------------------------------------------------------------------
+# Similarity.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28), (3, 28, 28, 1), (2, 16, 16, 3)])
+def test_a_map_is_identical_to_itself(shape):
+  a = jax.random.normal(jax.random.key(0), shape)
+  for value in metrics.similarity(a, a):
+    np.testing.assert_allclose(value, 1.0, atol=1e-5)
+
+
+def test_rank_correlation_equals_scipy_and_handles_sign():
+  a = jax.random.normal(jax.random.key(0), (3, 28, 28))
+  b = a + 0.8 * jax.random.normal(jax.random.key(1), (3, 28, 28))
+  ours = metrics.rank_correlation(a, b)
+  for i in range(3):
+    ref = scipy.stats.spearmanr(np.ravel(a[i]), np.ravel(b[i])).statistic
+    assert float(ours[i]) == pytest.approx(ref, abs=1e-5)
+  np.testing.assert_allclose(metrics.rank_correlation(a, -a), -1.0, atol=1e-5)
+  np.testing.assert_allclose(metrics.rank_correlation(a, -a, absolute=True), 1.0, atol=1e-5)
+
+
+def test_ssim_is_scale_free_and_low_for_unrelated_maps():
+  a = jax.random.normal(jax.random.key(0), (2, 28, 28))
+  noise = jax.random.normal(jax.random.key(1), (2, 28, 28))
+  np.testing.assert_allclose(metrics.ssim(a, 5 * a), 1.0, atol=1e-5)
+  assert float(metrics.ssim(a, noise).max()) < 0.3
+  assert float(metrics.ssim(a, -a).max()) < 0.0  # a sign flip is anti-correlated
+  np.testing.assert_allclose(metrics.ssim(a, -a, absolute=True), 1.0, atol=1e-5)
+
+
+def test_similarity_of_a_constant_map():
+  a = jax.random.normal(jax.random.key(0), (1, 28, 28))
+  zero = jnp.zeros((1, 28, 28))
+  assert np.isnan(float(metrics.rank_correlation(a, zero)[0]))  # no ranking: nan, documented
+  assert np.isfinite(float(metrics.ssim(a, zero)[0]))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "error", "match"),
+    [
+        (jnp.zeros((2, 28, 28)), jnp.zeros((3, 28, 28)), ValueError, "same batch"),
+        (jnp.zeros((2, 28)), jnp.zeros((2, 28)), ValueError, "maps_a: expected rank"),
+        ([[0.0]], jnp.zeros((2, 28, 28)), TypeError, "maps_a"),
+        (jnp.zeros((1, 28, 28)), jnp.full((1, 28, 28), jnp.inf), ValueError, "finite"),
+    ],
+)
+def test_similarity_bad_input(a, b, error, match):
+  with pytest.raises(error, match=match):
+    metrics.similarity(a, b)
+
+
+def test_ssim_needs_11_pixels():
+  with pytest.raises(ValueError, match="at least 11x11"):
+    metrics.ssim(jnp.ones((1, 8, 8)), jnp.ones((1, 8, 8)))
+
+
+# ---------------------------------------------------------------------------------------
+# Randomisation tests.
+# ---------------------------------------------------------------------------------------
+
+
+def _layer_params(model):
+  """Layer name -> list of its parameter arrays."""
+  out = {}
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
+    layer = "/".join(str(getattr(p, "key", p)) for p in path[:-1])
+    out.setdefault(layer, []).append(np.asarray(value))
+  return out
+
+
+@pytest.mark.parametrize("model_fn", [small_cnn, lambda: GapCNN(channels=(4, 6, 8),
+                                                                rngs=nnx.Rngs(0))])
+def test_cascading_randomization_changes_every_selected_layer_and_no_other(model_fn):
+  model = model_fn()
+  before = _layer_params(model)
+  layers = parameter_layers(model)
+  steps = metrics.randomized_models(model, jax.random.key(7), mode="cascading")
+  assert [name for name, _ in steps] == list(layers[::-1])
+  for k, (_, copy) in enumerate(steps, start=1):
+    after = _layer_params(copy)
+    selected = set(layers[::-1][:k])
+    for layer in layers:
+      for old, new in zip(before[layer], after[layer], strict=True):
+        if layer in selected and old.ndim >= 2:  # kernels are redrawn
+          assert not np.any(old == new), (k, layer)
+        elif layer not in selected:
+          np.testing.assert_array_equal(old, new)
+  # The caller's model is untouched.
+  for layer, values in _layer_params(model).items():
+    for old, new in zip(before[layer], values, strict=True):
+      np.testing.assert_array_equal(old, new)
+
+
+def test_independent_randomization_changes_exactly_one_layer():
+  model = small_cnn()
+  before = _layer_params(model)
+  steps = metrics.randomized_models(model, jax.random.key(7), mode="independent")
+  for name, copy in steps:
+    after = _layer_params(copy)
+    for layer in before:
+      same = all(np.array_equal(a, b) for a, b in zip(before[layer], after[layer], strict=True))
+      assert same == (layer != name), (name, layer)
+
+
+def test_model_randomization_flags_a_model_independent_method_and_not_the_gradient():
+  model = MLP(hidden=(32, 16), rngs=nnx.Rngs(0))
+  x = images(3)
+  t = jnp.array([1, 2, 3])
+  edge = lambda m, x, t: x  # noqa: E731  (an "explanation" that ignores the model)
+  result = metrics.model_randomization(edge, model, x, t, key=jax.random.key(0))
+  assert result.steps == ("head", "hidden/1", "hidden/0")
+  for value in result.similarity:
+    assert value.shape == (3, 3)
+    np.testing.assert_allclose(value, 1.0, atol=1e-5)
+  grad = metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0))
+  # With every layer re-drawn the gradient map is unrelated to the original one
+  # (whereas after the head alone it may still correlate, depending on the draw).
+  assert float(jnp.abs(grad.similarity.rank_correlation[-1]).max()) < 0.5
+  assert float(jnp.abs(grad.similarity.rank_correlation).mean()) < 0.9
+  np.testing.assert_allclose(grad.original, gradient(model, x, t)[..., 0], rtol=1e-6)
+  independent = metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0),
+                                             mode="independent", layers=["hidden/0", "head"])
+  assert independent.steps == ("head", "hidden/0")
+  # The top layer alone: cascading and independent agree at step 1.
+  np.testing.assert_allclose(independent.maps[0], grad.maps[0], rtol=1e-6)
+
+
+def test_model_randomization_compiles_the_method_once():
+  traces = []
+
+  @jax.jit
+  def core(graphdef, state, x, t):
+    traces.append(1)
+    return logit_gradient(nnx.merge(graphdef, state), x, t)
+
+  def method(model, x, t):
+    return core(*nnx.split(model), x, t)
+
+  model = small_cnn()
+  metrics.model_randomization(method, model, images(2), jnp.array([0, 1]), key=jax.random.key(0))
+  assert len(traces) == 1
+
+
+def test_randomization_in_batches_equals_one_call():
+  model = MLP(hidden=(16,), rngs=nnx.Rngs(0))
+  x, t = images(4), jnp.array([0, 1, 2, 3])
+  whole = metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0))
+  batched = metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0),
+                                        batch_size=3)
+  np.testing.assert_allclose(batched.maps, whole.maps, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(batched.original, whole.original, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="batch_size: expected an integer >= 1"):
+    metrics.data_randomization(gradient, model, model, x, t, batch_size=0)
+
+
+def test_data_randomization():
+  model = MLP(hidden=(16,), rngs=nnx.Rngs(0))
+  x, t = images(2), jnp.array([0, 1])
+  same = metrics.data_randomization(gradient, model, model, x, t)
+  assert same.steps == ("labels",)
+  for value in same.similarity:
+    np.testing.assert_allclose(value, 1.0, atol=1e-5)
+  other = metrics.data_randomization(gradient, model, MLP(hidden=(16,), rngs=nnx.Rngs(5)), x, t)
+  assert float(jnp.abs(other.similarity.rank_correlation).max()) < 0.5
+
+
+def test_randomization_bad_input():
+  model = small_cnn()
+  x, t = images(1), jnp.array([0])
+  with pytest.raises(ValueError, match="mode: expected one of"):
+    metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0), mode="top")
+  with pytest.raises(ValueError, match="layers: expected names"):
+    metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0), layers=["fc9"])
+  with pytest.raises(TypeError, match="layers: expected a sequence"):
+    metrics.randomized_models(model, jax.random.key(0), mode="independent", layers="head")
+  with pytest.raises(TypeError, match="method: expected"):
+    metrics.model_randomization("gradients", model, x, t, key=jax.random.key(0))
+  with pytest.raises(TypeError, match="random_model"):
+    metrics.data_randomization(gradient, model, "model", x, t)
+  with pytest.raises(ValueError, match="targets"):
+    metrics.data_randomization(gradient, model, model, x, jnp.array([0, 1]))
+
+
+# ---------------------------------------------------------------------------------------
+# Completeness.
+# ---------------------------------------------------------------------------------------
+
+
+def test_completeness_of_gradient_x_input_on_a_linear_model():
+  model = LinearModel()
+  x, t = images(3), jnp.array([0, 4, 9])
+  phi = x * logit_gradient(model, x, t)
+  np.testing.assert_allclose(metrics.completeness_delta(model, x, t, phi), 0.0, atol=1e-4)
+  # Against a non-zero baseline x' the complete map is (x - x') * gradient.
+  base = jnp.full((28, 28, 1), 0.3)
+  phi = (x - base) * logit_gradient(model, x, t)
+  np.testing.assert_allclose(metrics.completeness_delta(model, x, t, phi, base), 0.0, atol=1e-4)
+  wrong = metrics.completeness_delta(model, x, t, phi, 0.0)
+  assert float(jnp.abs(wrong).min()) > 1e-2
+
+
+def test_completeness_matches_integrated_gradients_delta_and_shrinks_with_steps():
+  model = MLP(hidden=(32, 16), rngs=nnx.Rngs(0))
+  for layer in (*model.hidden, model.head):  # non-zero biases: f is not homogeneous
+    layer.bias[...] = 0.3 * jax.random.normal(jax.random.key(3), layer.bias.shape)
+  x, t = images(3), jnp.array([0, 4, 9])
+  errors = []
+  for steps in (2, 64):
+    maps, delta = integrated_gradients(model, x, t, steps=steps, method="riemann_middle",
+                                       return_delta=True)
+    ours = metrics.completeness_delta(model, x, t, maps)
+    np.testing.assert_allclose(ours, delta, rtol=1e-4, atol=1e-4)
+    errors.append(float(jnp.abs(ours).mean()))
+  assert errors[1] < errors[0] / 10
+
+
+def test_completeness_bad_input():
+  model = LinearModel()
+  x, t = images(1), jnp.array([0])
+  with pytest.raises(ValueError, match="baselines: expected an array broadcastable"):
+    metrics.completeness_delta(model, x, t, x, jnp.zeros((2, 28, 28, 1)))
+  with pytest.raises(TypeError, match="baselines"):
+    metrics.completeness_delta(model, x, t, x, "black")
+  with pytest.raises(ValueError, match="attributions: expected shape"):
+    metrics.completeness_delta(model, x, t, x[:, :5])
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers.
+# ---------------------------------------------------------------------------------------
+
+
+def test_attribute_batched_equals_one_call_and_compiles_once():
+  traces = []
+
+  @jax.jit
+  def core(graphdef, state, x, t):
+    traces.append(x.shape)
+    return logit_gradient(nnx.merge(graphdef, state), x, t)
+
+  def method(model, x, t, scale=1.0):
+    return scale * core(*nnx.split(model), x, t)
+
+  model = MLP(hidden=(16,), rngs=nnx.Rngs(0))
+  x = images(7)
+  t = jnp.arange(7)
+  out = metrics.attribute_batched(method, model, x, t, batch_size=3, scale=2.0)
+  np.testing.assert_allclose(out, 2.0 * logit_gradient(model, x, t), rtol=1e-5, atol=1e-7)
+  assert traces == [(3, 28, 28, 1)]
+
+
+def test_mean_and_sem():
+  values = np.array([[1.0, 2.0], [3.0, np.nan], [5.0, 4.0]])
+  mean, sem = metrics.mean_and_sem(values)
+  np.testing.assert_allclose(mean, [3.0, 3.0])
+  np.testing.assert_allclose(sem, [scipy.stats.sem([1, 3, 5]), scipy.stats.sem([2, 4])])
+  _, sem_one = metrics.mean_and_sem([1.0])
+  assert np.isnan(sem_one)
+
+
+def test_pixel_scores_rejects_other_ranks():
+  with pytest.raises(ValueError, match="attributions: expected rank 3"):
+    metrics.pixel_scores(jnp.zeros((2, 3)))
+

@@ -1,0 +1,190 @@
+"""Tests of ROAR (saliency_guide.metrics.roar) on a synthetic task where the answer is known.
+
+The task: the class is the brightness of a fixed 4x4 patch (dark for class 0,
+bright for class 1) on a noisy background, so the patch's 16 pixels hold all
+the information. Pinned down:
+
+* t = 0 reproduces the accuracy of the same training recipe run directly;
+* removing the 16 patch pixels (an oracle ranking) drops accuracy to chance,
+  while removing as many random pixels does not;
+* fractions, repeats and the result's layout; ``remove_top_pixels`` replaces
+  exactly round(t * H * W) pixels by the fill value;
+* the replacement value is the training images' mean (not 0);
+* bad configuration and input raise errors naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from saliency_guide import metrics
+from saliency_guide.models import MLP
+from saliency_guide.training import TrainConfig, accuracy, train
+
+PATCH = (slice(12, 16), slice(12, 16))
+
+
+def patch_data(n, seed):
+  rng = np.random.default_rng(seed)
+  x = 0.5 * rng.random((n, 28, 28, 1), np.float32)
+  y = rng.integers(0, 2, n).astype(np.int32)
+  x[:, PATCH[0], PATCH[1], 0] = y[:, None, None].astype(np.float32)
+  return x, y
+
+
+def oracle(model, images, targets):
+  """The patch, whatever the image: the pixels that hold the class."""
+  mask = jnp.zeros(images.shape[1:3]).at[PATCH].set(1.0)
+  return jnp.broadcast_to(mask, images.shape[:3])
+
+
+def tiny_mlp(rngs):
+  return MLP(hidden=(32,), rngs=rngs)
+
+
+CONFIG = metrics.ROARConfig(
+    fractions=(16 / 784,), train_size=None, test_size=None, model=tiny_mlp, epochs=4,
+    batch_size=32, learning_rate=5e-3,
+)
+
+
+@pytest.fixture(scope="module")
+def result():
+  train_data, test_data = patch_data(384, 0), patch_data(256, 1)
+  model = tiny_mlp(nnx.Rngs(9))
+  return metrics.roar(model, {"oracle": oracle}, train_data, test_data, config=CONFIG)
+
+
+def test_t0_reproduces_the_baseline_accuracy(result):
+  (x, y), (xt, yt) = patch_data(384, 0), patch_data(256, 1)
+  direct = tiny_mlp(nnx.Rngs(CONFIG.seed))
+  train(direct, x, y, config=TrainConfig(epochs=4, batch_size=32, learning_rate=5e-3,
+                                         seed=CONFIG.seed), progress=False)
+  expected = accuracy(direct, xt, yt)
+  assert expected > 0.95
+  # Same recipe and seed: the same model, up to floating-point noise.
+  assert abs(result.accuracy["oracle"][0, 0] - expected) <= 0.01
+  np.testing.assert_array_equal(result.accuracy["oracle"][:, 0], result.accuracy["random"][:, 0])
+
+
+def test_oracle_removal_destroys_the_information_and_random_does_not(result):
+  assert result.fractions.tolist() == [0.0, 16 / 784]
+  assert result.accuracy["oracle"][0, 1] < 0.65  # chance is 0.5
+  assert result.accuracy["random"][0, 1] > 0.9
+
+
+def test_fill_is_the_training_mean_not_zero(result):
+  x, _ = patch_data(384, 0)
+  assert result.fill_value == pytest.approx(float(x.mean()), rel=1e-5)
+  assert result.fill_value > 0.1
+  assert set(result.attribution_seconds) == {"oracle", "random"}
+  assert "fractions" in result.config.describe()
+
+
+def test_remove_top_pixels_replaces_exactly_the_top_fraction():
+  x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1)) + 1.0  # never equal to the fill
+  maps = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
+  for t in (0.0, 0.1, 0.5, 1.0):
+    out = metrics.remove_top_pixels(x, maps, t, fill=-1.0)
+    removed = np.asarray(out == -1.0)[..., 0]
+    assert removed.sum(axis=(1, 2)).tolist() == [round(t * 784)] * 3
+    if 0 < t < 1:  # the removed pixels are those with the largest scores
+      kept = np.asarray(maps)[..., 0][~removed].reshape(3, -1)
+      gone = np.asarray(maps)[..., 0][removed].reshape(3, -1)
+      assert np.all(gone.min(axis=1) >= kept.max(axis=1))
+    np.testing.assert_array_equal(np.asarray(out)[~np.asarray(out == -1.0)],
+                                  np.asarray(x)[~np.asarray(out == -1.0)])
+
+
+def test_repeats_and_mean():
+  train_data, test_data = patch_data(64, 0), patch_data(32, 1)
+  config = metrics.ROARConfig(fractions=(0.5,), model=tiny_mlp, epochs=1, batch_size=32,
+                              repeats=2, random_baseline=False)
+  out = metrics.roar(tiny_mlp(nnx.Rngs(0)), {"oracle": oracle}, train_data, test_data,
+                     config=config)
+  assert out.accuracy["oracle"].shape == (2, 2)
+  assert set(out.accuracy) == {"oracle"}
+  np.testing.assert_allclose(out.mean()["oracle"], out.accuracy["oracle"].mean(axis=0))
+
+
+def test_full_config():
+  full = metrics.ROARConfig.full("gap_cnn")
+  assert full.train_size is None and full.test_size is None and full.repeats == 5
+  with pytest.raises(ValueError, match="model: expected one of"):
+    metrics.ROARConfig.full("resnet")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "match"),
+    [
+        ("fractions", (1.5,), ValueError, "fractions: expected numbers in"),
+        ("fractions", (), TypeError, "fractions: expected a non-empty tuple"),
+        ("fractions", "0.5", TypeError, "fractions"),
+        ("epochs", 0, ValueError, "epochs: expected an integer >= 1"),
+        ("train_size", 1.5, TypeError, "train_size"),
+        ("repeats", 0, ValueError, "repeats"),
+        ("model", "resnet", ValueError, "model: expected one of"),
+        ("model", 3, TypeError, "model: expected a model name or a callable"),
+        ("fill", "zeros", ValueError, "fill: expected 'mean', 'mask' or a finite number"),
+        ("fill", float("nan"), ValueError, "fill"),
+        ("learning_rate", -1.0, ValueError, "learning_rate"),
+    ],
+)
+def test_bad_config(field, value, error, match):
+  config = metrics.ROARConfig(**{field: value})
+  with pytest.raises(error, match=match):
+    metrics.roar(tiny_mlp(nnx.Rngs(0)), {"oracle": oracle}, patch_data(64, 0), patch_data(8, 1),
+                 config=config)
+
+
+def test_bad_input():
+  model = tiny_mlp(nnx.Rngs(0))
+  data = patch_data(64, 0)
+  with pytest.raises(ValueError, match="'random' is reserved"):
+    metrics.roar(model, {"random": oracle}, data, data, config=CONFIG)
+  with pytest.raises(TypeError, match=r"methods\[.x.\]: expected a saliency method or a pair"):
+    metrics.roar(model, {"x": "gradients"}, data, data, config=CONFIG)
+  with pytest.raises(TypeError, match="methods: expected a mapping"):
+    metrics.roar(model, [oracle], data, data, config=CONFIG)
+  with pytest.raises(TypeError, match="config: expected a ROARConfig"):
+    metrics.roar(model, {"o": oracle}, data, data, config={"epochs": 1})
+  with pytest.raises(ValueError, match="train_data: expected images"):
+    metrics.roar(model, {"o": oracle}, (data[0][:, :, :, 0], data[1]), data, config=CONFIG)
+  with pytest.raises(ValueError, match="test_data: expected integer labels"):
+    metrics.roar(model, {"o": oracle}, data, (data[0], data[1].astype(float)), config=CONFIG)
+  with pytest.raises(ValueError, match="train_data: expected at least batch_size"):
+    metrics.roar(model, {"o": oracle}, patch_data(16, 0), data, config=CONFIG)
+  with pytest.raises(ValueError, match="fraction: expected a number in"):
+    metrics.remove_top_pixels(data[0], data[0], 2.0, fill=0.0)
+  with pytest.raises(ValueError, match="attributions: expected maps of shape"):
+    metrics.remove_top_pixels(data[0], data[0][:, :4], 0.5, fill=0.0)
+
+
+def test_precomputed_maps_and_the_mask_leak_diagnostic(result):
+  train_data, test_data = patch_data(384, 0), patch_data(256, 1)
+  (train_x, train_y), (test_x, test_y) = CONFIG.subsets(train_data, test_data)
+  maps = (oracle(None, train_x, train_y), oracle(None, test_x, test_y))
+  model = tiny_mlp(nnx.Rngs(9))
+  given = metrics.roar(model, {"oracle": maps}, train_data, test_data,
+                       config=dataclasses.replace(CONFIG, random_baseline=False))
+  np.testing.assert_array_equal(given.accuracy["oracle"], result.accuracy["oracle"])
+  # The oracle's mask is the same patch for every image: it carries no class.
+  leak = metrics.roar(model, {"oracle": maps}, train_data, test_data,
+                      config=dataclasses.replace(CONFIG, fill="mask"))
+  assert np.isnan(leak.fill_value)
+  assert leak.accuracy["oracle"][0, 1] < 0.65
+  # A ranking that puts the patch first only for class 1 leaks the label through its shape.
+  leaky = (np.asarray(maps[0]) * train_y[:, None, None],
+           np.asarray(maps[1]) * test_y[:, None, None])
+  leak = metrics.roar(model, {"leaky": leaky}, train_data, test_data,
+                      config=dataclasses.replace(CONFIG, fill="mask", random_baseline=False))
+  assert leak.accuracy["leaky"][0, 1] > 0.95
+  with pytest.raises(ValueError, match=r"methods\['oracle'\]: expected train maps of shape"):
+    metrics.roar(model, {"oracle": (maps[0][:10], maps[1])}, train_data, test_data,
+                 config=CONFIG)

@@ -1,0 +1,212 @@
+"""Tests of :func:`saliency_guide.scale.explain_dataset` (streaming, sharding, order)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from saliency_guide.methods import gradients, integrated_gradients
+from saliency_guide.models import CNN
+from saliency_guide.scale import explain_dataset
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def model():
+  return CNN(channels=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def data():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(11, 28, 28, 1)).astype(np.float32)
+  return images, (np.arange(11) * 7 % 10).astype(np.int32)
+
+
+class Recorder:
+  """A jitted stand-in method whose output identifies each image: ``x · (target + 1)``.
+
+  It counts traces (compilations) and records the shapes and shardings it sees.
+  """
+
+  def __init__(self):
+    self.traces = 0
+    self.calls = []
+    self.__name__ = "recorder"
+
+    @jax.jit
+    def impl(images, targets):
+      self.traces += 1
+      return images * (targets[:, None, None, None] + 1).astype(images.dtype)
+
+    self._impl = impl
+
+  def __call__(self, model, images, targets):
+    self.calls.append((images.shape, images.sharding))
+    return self._impl(images, targets)
+
+
+def test_matches_one_call_on_the_whole_dataset(model, data):
+  images, targets = data
+  maps = explain_dataset(gradients, model, images, targets, batch_size=4)
+  assert isinstance(maps, np.ndarray) and maps.shape == images.shape
+  np.testing.assert_allclose(maps, gradients(model, images, targets), rtol=1e-5, atol=1e-7)
+
+
+def test_results_in_input_order_and_padding_dropped(model, data):
+  images, targets = data
+  method = Recorder()
+  out = explain_dataset(method, model, images, targets, batch_size=4)
+  expected = images * (targets[:, None, None, None] + 1).astype(np.float32)
+  np.testing.assert_array_equal(out, expected)  # order and values exact, 3 padded rows dropped
+  assert [shape[0] for shape, _ in method.calls] == [4, 4, 4]  # the last batch padded to 4
+
+
+def test_compiles_once_for_every_batch_including_the_last(model, data):
+  images, targets = data
+  method = Recorder()
+  explain_dataset(method, model, images, targets, batch_size=3)  # 4 batches, last one partial
+  assert method.traces == 1
+
+
+def test_options_are_passed_to_the_method(model, data):
+  images, targets = data
+  maps = explain_dataset(integrated_gradients, model, images[:3], targets[:3], batch_size=2,
+                         steps=4, method="riemann_left")
+  direct = integrated_gradients(model, images[:3], targets[:3], steps=4, method="riemann_left")
+  np.testing.assert_allclose(maps, direct, rtol=1e-5, atol=1e-7)
+
+
+def test_tuple_outputs(model, data):
+  images, targets = data
+  maps, delta = explain_dataset(integrated_gradients, model, images[:5], targets[:5],
+                                batch_size=2, steps=4, return_delta=True)
+  assert maps.shape == (5, 28, 28, 1) and delta.shape == (5,)
+
+
+def test_callers_model_is_not_changed(model, data):
+  images, targets = data
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  explain_dataset(gradients, model, images, targets, batch_size=8)
+  after = jax.tree.map(np.asarray, nnx.state(model))
+  assert jax.tree.all(jax.tree.map(np.array_equal, before, after))
+
+
+def test_progress_bar(model, data, capsys):
+  images, targets = data
+  explain_dataset(Recorder(), model, images, targets, batch_size=4, progress=True)
+  assert "11/11" in capsys.readouterr().err
+  explain_dataset(Recorder(), model, images, targets, batch_size=4)  # 3 batches: no bar
+  assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size: expected a positive integer, got 0"),
+        ({"batch_size": 2.0}, TypeError, "batch_size: expected a positive integer"),
+        ({"batch_size": 2, "mesh": "cpu"}, TypeError, "mesh: expected a jax.sharding.Mesh"),
+        ({"batch_size": 2, "progress": "yes"}, TypeError, "progress: expected"),
+    ],
+)
+def test_bad_arguments(model, data, kwargs, error, match):
+  images, targets = data
+  with pytest.raises(error, match=match):
+    explain_dataset(gradients, model, images, targets, **kwargs)
+
+
+def test_bad_data(model, data):
+  images, targets = data
+  with pytest.raises(ValueError, match=r"targets: expected shape \(11,\)"):
+    explain_dataset(gradients, model, images, targets[:5], batch_size=4)
+  with pytest.raises(ValueError, match="images: expected NHWC shape"):
+    explain_dataset(gradients, model, images[..., 0], targets, batch_size=4)
+  with pytest.raises(ValueError, match="at least one image"):
+    explain_dataset(gradients, model, images[:0], targets[:0], batch_size=4)
+  with pytest.raises(TypeError, match="method: expected a saliency method"):
+    explain_dataset("gradients", model, images, targets, batch_size=4)
+  with pytest.raises(TypeError, match="images: expected an array"):
+    explain_dataset(gradients, model, images.tolist(), targets, batch_size=4)
+
+
+def test_a_two_dimensional_mesh_is_refused(model, data):
+  images, targets = data
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("a", "b"))
+  with pytest.raises(ValueError, match="mesh: expected a 1-D mesh"):
+    explain_dataset(gradients, model, images, targets, batch_size=4, mesh=mesh)
+
+
+def test_the_method_still_validates_each_batch(model, data):
+  images, targets = data
+  bad = images.copy()
+  bad[9, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    explain_dataset(gradients, model, bad, targets, batch_size=4)
+
+
+# Run in a fresh interpreter: the device count is fixed when JAX starts.
+FOUR_DEVICES = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    from flax import nnx
+    from jax.sharding import Mesh
+    from saliency_guide.methods import gradients, guided_backprop, integrated_gradients
+    from saliency_guide.models import CNN, GapCNN
+    from saliency_guide.scale import explain_dataset
+
+    assert len(jax.devices()) == 4, jax.devices()
+    rng = np.random.default_rng(1)
+    images = rng.uniform(size=(10, 28, 28, 1)).astype(np.float32)
+    targets = np.arange(10, dtype=np.int32) % 10
+    one = Mesh(np.asarray(jax.devices()[:1]), ("batch",))
+    report = {}
+    seen = []
+
+    def probe(model, x, t):
+      seen.append(sorted(d.id for d in x.sharding.device_set))
+      return gradients(model, x, t)
+
+    cnn = CNN(channels=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+    gap = GapCNN(channels=(4, 8, 8), rngs=nnx.Rngs(1))
+    cases = (  # batch sizes 6 and 3 are not multiples of the 4 devices
+        ("cnn/gradients/6", cnn, probe, 6, {}),
+        ("cnn/gradients/3", cnn, probe, 3, {}),
+        ("gap/guided_backprop/6", gap, guided_backprop, 6, {}),
+        ("cnn/integrated_gradients/4", cnn, integrated_gradients, 4, {"steps": 4}),
+    )
+    for key, model, method, batch_size, options in cases:
+      sharded = explain_dataset(method, model, images, targets, batch_size=batch_size,
+                                **options)
+      single = explain_dataset(method, model, images, targets, batch_size=batch_size,
+                               mesh=one, **options)
+      report[key] = float(np.abs(sharded - single).max() / np.abs(single).max())
+    report["devices_seen"] = seen[0]
+    print(json.dumps(report))
+    """
+)
+
+
+def test_sharded_over_four_cpu_devices_equals_one_device():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4")
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+  env["JAX_PLATFORMS"] = "cpu"
+  result = subprocess.run([sys.executable, "-c", FOUR_DEVICES], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report.pop("devices_seen") == [0, 1, 2, 3]  # each batch really was split over 4
+  assert len(report) == 4
+  for key, error in report.items():  # same maps, to float32 rounding
+    assert error <= 1e-6, (key, error)
