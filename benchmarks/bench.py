@@ -77,6 +77,7 @@ METHODS = (
     "guided_grad_cam",
 )
 LOGIT_TOLERANCE = 1e-5
+QUICK_IG = "ig64_gausslegendre"
 
 
 # --------------------------------------------------------------------------------------
@@ -332,6 +333,8 @@ def worker(args) -> list[dict[str, Any]]:
       torch_model = from_flax(model)
       logit_error = check_logits(model, torch_model, images_np)
       for method in args.methods:
+        if args.quick and batch > 1 and method.startswith("ig64_") and method != QUICK_IG:
+          continue  # --quick: the other rules only at batch 1 (same cost, other nodes)
         print(f"[{args.xla}] {model_name} batch {batch}: {method} ...", file=sys.stderr,
               flush=True)
         gc.collect()
@@ -568,7 +571,7 @@ def driver(args) -> None:
   load_before = _load()
   common = ["--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
             "--max-repeats", str(args.max_repeats), "--methods", *args.methods,
-            *(["--smoke"] if args.smoke else [])]
+            *(["--smoke"] if args.smoke else []), *(["--quick"] if args.quick else [])]
   modes = list(XLA_MODES) if args.xla == "both" else [args.xla]
   rows: list[dict[str, Any]] = []
   for mode in modes:
@@ -623,6 +626,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--smoke", action="store_true",
                  help="batch 2, few methods, untrained models: checks that everything runs")
   p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+  p.add_argument("--quick", action="store_true",
+                 help="time every IG quadrature rule at batch 1 only, and only Gauss-Legendre "
+                 "at larger batches (every rule costs the same: same number of gradient "
+                 "passes, only the nodes and weights differ)")
   p.add_argument("--name", default="cpu", help="results file name ('' to write nothing)")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--memory-probe", dest="framework", choices=("ours", "captum"),
