@@ -54,9 +54,12 @@ def docs(session: nox.Session) -> None:
   session.run("python", "-m", "saliency_guide", "pretrain", env=env)
   shutil.rmtree(DOCS_BUILD / "html", ignore_errors=True)
   shutil.rmtree(DOCS_BUILD / "jupyter_execute", ignore_errors=True)
+  # Notebook kernels must draw with Jupyter's inline backend: an inherited
+  # MPLBACKEND=Agg (common in CI) would silently drop every figure from the site.
+  inline = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
   session.run(
       "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(DOCS_BUILD / "html"),
-      *session.posargs, env=env,
+      *session.posargs, env={**env, **inline},
   )
   session.log(f"Site built: {DOCS_BUILD / 'html' / 'index.html'}")
 

@@ -88,11 +88,14 @@ def check_page(page, base: str, relpath: str, problems: list[str], shots: Path |
     clone.querySelectorAll('pre, code, script, style, mjx-container, .highlight').forEach(
         e => e.remove());
     const links = [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'));
-    return {imgs, text: clone.innerText, links,
+    const figures = document.querySelectorAll('.cell_output img, figure img').length;
+    return {imgs, figures, text: clone.innerText, links,
             mathSource: document.querySelectorAll('.math, span.math, div.math').length,
             mathOut: document.querySelectorAll('mjx-container').length,
             title: document.title};
   }""")
+  if relpath.startswith("tutorials/") and not info["figures"]:
+    problems.append(f"{where} a tutorial page without a single executed figure")
   for img in info["imgs"]:
     if img["w"] == 0:
       problems.append(f"{where} image did not load: {img['src']}")
