@@ -57,7 +57,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-XLA_MODES = {"fast-conv": FAST_CONV_FLAG, "default": ""}
+XLA_MODES = {"default": "", "fast-conv": FAST_CONV_FLAG}
 MODELS = ("cnn", "gap_cnn")
 BATCHES = (1, 32, 256)
 QUADRATURES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
@@ -182,8 +182,8 @@ def load_data(batch: int, smoke: bool):
     reps = -(-batch // len(images))
     images, labels = np.concatenate([images] * reps), np.concatenate([labels] * reps)
   first = next(iter(models.values()))
-  source = (f"the first {batch} digits of MNIST '{first.eval_split}'; models trained on "
-            f"'{first.train_split}'")
+  source = (f"the first B digits (B = the batch size) of MNIST '{first.eval_split}'; models "
+            f"trained on '{first.train_split}'")
   return ({k: v.model for k, v in models.items()}, images[:batch], labels[:batch], source)
 
 
@@ -500,38 +500,41 @@ def _fmt(x: float) -> str:
   return f"{x:.2f}"
 
 
-def markdown(rows, memory, info, started, finished, load_before, load_after, args) -> str:
-  mem = {(r["framework"], r["model"], r["batch"], r["method"]): r["peak_mb"] for r in memory}
+def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
+  """The results as markdown: a header (machine, load, date, settings) and one table per
+  XLA setting and model. ``rows`` as in the CSV; ``record`` as in ``<name>.machine.json``."""
+  info = record
   lines = [
-      f"Recorded {started} → {finished} (UTC) with `python benchmarks/bench.py "
-      f"{' '.join(args.argv)}`.".replace("`python benchmarks/bench.py `", "`python "
-                                         "benchmarks/bench.py`"),
+      f"Recorded {record['started_utc']} → {record['finished_utc']} (UTC) with "
+      f"`{record['command']}`.",
       "",
       f"**Machine.** {info['cpu']}, {info['cores']} cores, {info['memory']} RAM, "
       f"{info['os']}; Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), "
       f"flax {info['flax']}, torch {info['torch']} ({info['torch_threads']} threads), "
-      f"captum {info['captum']}. **Load average** (1/5/15 min) before: {load_before}; "
-      f"after: {load_after}.",
+      f"captum {info['captum']}. **Load average** (1/5/15 min) before: "
+      f"{record['load_before']}; after: {record['load_after']}.",
       "",
-      f"**Data.** {rows[0]['source'] if rows else ''}; each image explained for its label. "
+      f"**Data.** {record.get('data', '')}; each image explained for its label. "
       f"IG: black baseline, {IG_STEPS} nodes, {PASS_IMAGES} path points per pass on both "
-      f"sides (Captum's `internal_batch_size`). SmoothGrad: {SG_SAMPLES} samples, noise "
-      f"{SG_NOISE} (Captum `stdevs`), {PASS_IMAGES} noisy images per pass on both sides. "
-      "Grad-CAM on the last conv layer, upsampled bilinearly on both sides.",
+      f"sides (Captum's `internal_batch_size`; at least 2 × batch for Captum, its minimum). "
+      f"SmoothGrad: {SG_SAMPLES} samples, noise {SG_NOISE} (Captum `stdevs`), "
+      f"{PASS_IMAGES} noisy images per pass on both sides. Grad-CAM on the last conv layer, "
+      "upsampled bilinearly on both sides. Peak memory probed with the first XLA setting "
+      "listed below.",
       "",
       "**Columns.** *maps/s*: batch / median time of ≥ 5 warm calls, the two frameworks' "
       "calls interleaved. *×*: Captum's median time / ours (> 1: we are faster). *first "
-      "call*: our first call, i.e. tracing + XLA compilation + one run, in wall-clock "
-      "seconds and (in brackets) CPU seconds of this process, which other processes' load "
-      "inflates less. *peak MB*: largest "
-      "growth of the resident set during one warm call. *rel. L2*: ‖ours − Captum‖ / "
-      "‖Captum‖; *max rel.*: max |ours − Captum| / max |Captum| (SmoothGrad draws different "
-      "noise in each framework: there the figure in brackets is our own seed-to-seed "
-      "difference, the level expected from noise alone; Captum's `riemann_trapezoid` has "
-      "different weights, so it is compared re-run with the textbook weights on 32 images).",
+      "call*: our first call (tracing + XLA compilation + one run), wall-clock seconds; "
+      "*compile*: first call − median warm call. *peak MB*: largest growth of the resident "
+      "set during one warm call. *rel. L2*: ‖ours − Captum‖ / ‖Captum‖; *max rel.*: "
+      "max |ours − Captum| / max |Captum| (SmoothGrad draws different noise in each "
+      "framework: there the figure in brackets is our own seed-to-seed difference, the "
+      "level expected from noise alone; Captum's `riemann_trapezoid` has different "
+      "weights, so it is compared re-run with the textbook weights on ≤ 32 images).",
       "",
   ]
-  for xla in dict.fromkeys(r["xla"] for r in rows):
+  order = [m for m in XLA_MODES if any(r["xla"] == m for r in rows)]
+  for xla in order:
     flag = XLA_MODES[xla]
     lines += [f"### XLA: {xla}" + (f" (`XLA_FLAGS={flag}`)" if flag else " (no XLA flags)"),
               ""]
@@ -540,25 +543,51 @@ def markdown(rows, memory, info, started, finished, load_before, load_after, arg
       if not subset:
         continue
       lines += [f"#### {MODEL_NAMES.get(model, model)}", "",
-                "| method | batch | ours maps/s | Captum maps/s | × | first call s (CPU s) | "
-                "peak MB ours / Captum | rel. L2 | max rel. |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| method | batch | ours maps/s | Captum maps/s | × | first call s | "
+                "compile s | peak MB ours / Captum | rel. L2 | max rel. |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
       for r in subset:
-        ours_mb = mem.get(("ours", r["model"], r["batch"], _mem_method(r["method"])))
-        theirs_mb = mem.get(("captum", r["model"], r["batch"], _mem_method(r["method"])))
+        ours_mb, theirs_mb = r.get("ours_peak_mb"), r.get("captum_peak_mb")
         peak = (f"{ours_mb:,.0f} / {theirs_mb:,.0f}" if ours_mb is not None
                 and theirs_mb is not None else "–")
         rel = f"{r['rel_l2']:.1e}"
-        if "seed_rel_l2" in r:
+        if r.get("seed_rel_l2") is not None:
           rel += f" ({r['seed_rel_l2']:.1e})"
+        compile_s = max(0.0, r["ours_first_s"] - r["ours_median_ms"] / 1e3)
         lines.append(
             f"| {NAMES.get(r['method'], r['method'])} | {r['batch']} | "
             f"{_fmt(r['ours_maps_per_s'])} | {_fmt(r['captum_maps_per_s'])} | "
-            f"**{r['speedup']:.2f}** | {r['ours_first_s']:.2f} ({r['ours_first_cpu_s']:.2f}) | "
-            f"{peak} | {rel} | "
-            f"{r['max_rel']:.1e} |")
+            f"**{r['speedup']:.2f}** | {r['ours_first_s']:.2f} | {compile_s:.2f} | "
+            f"{peak} | {rel} | {r['max_rel']:.1e} |")
       lines.append("")
   return "\n".join(lines)
+
+
+def _numbers(row: dict[str, str]) -> dict[str, Any]:
+  """A CSV row with its numbers as numbers (empty fields as None)."""
+  out: dict[str, Any] = {}
+  for key, value in row.items():
+    if value in ("", None):
+      out[key] = None
+      continue
+    try:
+      out[key] = int(value)
+    except ValueError:
+      try:
+        out[key] = float(value)
+      except ValueError:
+        out[key] = value
+  return out
+
+
+def write_markdown(name: str) -> str:
+  """(Re)write ``results/<name>.md`` from ``<name>.csv`` and ``<name>.machine.json``."""
+  with open(RESULTS / f"{name}.csv", newline="") as f:
+    rows = [_numbers(r) for r in csv.DictReader(f)]
+  record = json.loads((RESULTS / f"{name}.machine.json").read_text())
+  text = markdown(rows, record)
+  (RESULTS / f"{name}.md").write_text(text + "\n")
+  return text
 
 
 def _mem_method(method: str) -> str:
@@ -589,26 +618,32 @@ def driver(args) -> None:
                "--methods", *probe_methods, *(["--smoke"] if args.smoke else [])],
               XLA_MODES[modes[0]], malloc=True)
   finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
-  info = machine()
-  text = markdown(rows, memory, info, started, finished, load_before, _load(), args)
-  print(text)
-  if args.name:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(text + "\n")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(RESULTS / f"{args.name}.csv", "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=[*keys, "ours_peak_mb", "captum_peak_mb"])
-      writer.writeheader()
-      mem = {(r["framework"], r["model"], r["batch"], r["method"]): r["peak_mb"]
-             for r in memory}
-      for r in rows:
-        writer.writerow({**r, **{f"{fw}_peak_mb": mem.get(
-            (fw, r["model"], r["batch"], _mem_method(r["method"]))) for fw in ("ours",
-                                                                               "captum")}})
-    (RESULTS / f"{args.name}.machine.json").write_text(json.dumps(
-        {**info, "started_utc": started, "finished_utc": finished, "load_before": load_before,
-         "load_after": _load()}, indent=2) + "\n")
-    print(f"\nWrote {RESULTS / args.name}.md/.csv", file=sys.stderr)
+  mem = {(r["framework"], r["model"], r["batch"], r["method"]): r["peak_mb"] for r in memory}
+  for r in rows:
+    for framework in ("ours", "captum"):
+      r[f"{framework}_peak_mb"] = mem.get(
+          (framework, r["model"], r["batch"], _mem_method(r["method"])))
+  sources = dict.fromkeys(r.pop("source") for r in rows)
+  record = {
+      **machine(), "started_utc": started, "finished_utc": finished,
+      "load_before": load_before, "load_after": _load(),
+      "command": " ".join(["python benchmarks/bench.py", *args.argv]),
+      "data": "; ".join(sources),
+  }
+  name = args.name or "_last"
+  RESULTS.mkdir(exist_ok=True)
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  with open(RESULTS / f"{name}.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+  (RESULTS / f"{name}.machine.json").write_text(json.dumps(record, indent=2) + "\n")
+  print(write_markdown(name))
+  if not args.name:
+    for suffix in (".csv", ".machine.json", ".md"):
+      (RESULTS / f"{name}{suffix}").unlink()
+  else:
+    print(f"\nWrote {RESULTS / name}.md, .csv and .machine.json", file=sys.stderr)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -626,6 +661,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--smoke", action="store_true",
                  help="batch 2, few methods, untrained models: checks that everything runs")
   p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+  p.add_argument("--markdown-only", action="store_true",
+                 help="only rewrite results/<name>.md from its .csv and .machine.json")
   p.add_argument("--quick", action="store_true",
                  help="time every IG quadrature rule at batch 1 only, and only Gauss-Legendre "
                  "at larger batches (every rule costs the same: same number of gradient "
@@ -655,6 +692,9 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE))
     rows = worker(args) if args.worker else memory_probe(args)
     print(json.dumps(rows))
+    return
+  if args.markdown_only:
+    print(write_markdown(args.name))
     return
   driver(args)
 
