@@ -25,44 +25,9 @@ from hypothesis import strategies as st
 from saliency_guide import methods
 from saliency_guide.methods import _integrated
 from saliency_guide.models import CNN, MLP
-from model_factories import numpy_model
+from model_factories import CLASSES, SHAPE, Linear, linear_model, numpy_model, rand, toy_batch, toy_mlp
 
-SHAPE = (4, 5, 1)
-CLASSES = 3
 RULES = methods.QUADRATURE_RULES
-
-
-class Linear(nnx.Module):
-  """f(x) = W vec(x) + b: the logits of a linear classifier."""
-
-  def __init__(self, weights: np.ndarray, bias: np.ndarray, image_shape=SHAPE):
-    self.image_shape = tuple(image_shape)
-    self.weights = nnx.Param(jnp.asarray(weights, jnp.float32))
-    self.bias = nnx.Param(jnp.asarray(bias, jnp.float32))
-
-  def __call__(self, x):
-    return x.reshape(x.shape[0], -1) @ self.weights[...].T + self.bias[...]
-
-
-def linear_model(seed: int = 0) -> tuple[Linear, np.ndarray]:
-  rng = np.random.default_rng(seed)
-  weights = rng.normal(size=(CLASSES, int(np.prod(SHAPE)))).astype(np.float32)
-  return Linear(weights, rng.normal(size=CLASSES)), weights
-
-
-def toy_mlp(seed: int = 0) -> MLP:
-  return numpy_model(
-      lambda: MLP(hidden=(8,), num_classes=CLASSES, image_shape=SHAPE, rngs=nnx.Rngs(0)), seed)
-
-
-def rand(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-  """Uniform [0, 1) test data from NumPy (an eager rank-4 jax.random call compiles for seconds)."""
-  return np.random.default_rng(seed).random(shape, dtype=np.float32)
-
-
-def toy_batch(batch: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  images = rand(seed, (batch, *SHAPE))
-  return images, np.arange(batch, dtype=np.int32) % CLASSES
 
 
 
