@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import saliency_guide  # noqa: E402
+import saliency_guide
 
 project = "saliency_guide"
 author = "saliency_guide developers"
@@ -44,12 +44,6 @@ exclude_patterns = [
     # The .ipynb halves of the Jupytext pairs are for Colab and local use; the
     # .md halves are the sources Sphinx reads (one document per tutorial).
     "tutorials/*.ipynb",
-] + [
-    # Written but not yet verified end to end in a full build of the site; they
-    # return to the toctree once they have been (see the open issues).
-    f"{page}.md" for page in (
-        "tutorials/comparison", "tutorials/which_method", "performance",
-    )
 ]
 
 # -- MyST / myst-nb -----------------------------------------------------------

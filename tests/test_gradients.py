@@ -16,10 +16,10 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model_factories import numpy_model
 from saliency_guide import methods
 from saliency_guide.methods import _gradients
 from saliency_guide.models import CNN, MLP
-from model_factories import numpy_model
 
 SHAPE = (4, 5, 1)  # (H, W, C) of the toy images
 CLASSES = 3

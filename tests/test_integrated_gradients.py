@@ -22,10 +22,17 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model_factories import (
+  SHAPE,
+  linear_model,
+  numpy_model,
+  rand,
+  toy_batch,
+  toy_mlp,
+)
 from saliency_guide import methods
 from saliency_guide.methods import _integrated
-from saliency_guide.models import CNN, MLP
-from model_factories import CLASSES, SHAPE, Linear, linear_model, numpy_model, rand, toy_batch, toy_mlp
+from saliency_guide.models import CNN
 
 RULES = methods.QUADRATURE_RULES
 

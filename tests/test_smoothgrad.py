@@ -12,15 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model_factories import (
+  SHAPE,
+  linear_model,
+  rand,
+  toy_batch,
+  toy_mlp,
+)
 from saliency_guide import methods
 from saliency_guide.methods import _smoothgrad
-from saliency_guide.models import MLP
-from model_factories import CLASSES, SHAPE, Linear, linear_model, numpy_model, rand, toy_batch, toy_mlp
-
 
 
 def identity(model, images, targets):

@@ -48,3 +48,25 @@ def test_train_rejects_mismatched_labels_and_tiny_sets():
     train(MLP(rngs=nnx.Rngs(0)), x, y[:-1], progress=False)
   with pytest.raises(ValueError, match="batch_size=128"):
     train(MLP(rngs=nnx.Rngs(0)), x, y, progress=False)
+
+
+def test_retraining_with_the_same_config_does_not_compile_again():
+  # ROAR retrains the same architecture dozens of times: the training step must
+  # be compiled once per (architecture, config), not once per call of train().
+  import jax
+
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(duration)
+
+  x, y = _separable(64)
+  config = TrainConfig(epochs=1, batch_size=32, seed=3)
+  train(MLP(rngs=nnx.Rngs(0)), x, y, config=config, progress=False)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    train(MLP(rngs=nnx.Rngs(1)), x, y, config=config, progress=False)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []

@@ -26,11 +26,12 @@ def tiny_world(monkeypatch, tmp_path):
       images, labels = images[:64], labels[:64]
     return images, labels
 
-  calls = {"train": 0}
+  calls = {"train": 0, "labels": None}
   real_train = zoo.train
 
   def counting_train(*args, **kwargs):
     calls["train"] += 1
+    calls["labels"] = np.asarray(args[2])
     return real_train(*args, **kwargs)
 
   monkeypatch.setattr(zoo.data_lib, "load_mnist", fake_load_mnist)
@@ -71,6 +72,18 @@ def test_any_change_of_the_key_retrains(tiny_world, change):
   other = zoo.pretrained("tiny", progress=False, **change)
   assert calls["train"] == 2
   assert other.path != base.path and not other.from_cache
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_train_data_gives_the_labels_the_model_was_trained_on(tiny_world, shuffle):
+  calls, _ = tiny_world
+  record = zoo.pretrained("tiny", progress=False, shuffle_labels=shuffle)
+  images, labels = record.train_data()
+  clean = zoo.train_data("train")[1]
+  np.testing.assert_array_equal(labels, calls["labels"])
+  assert images.shape == (len(labels), 28, 28, 1)
+  assert (labels != clean).any() == shuffle
+  np.testing.assert_array_equal(np.sort(labels), np.sort(clean))  # a permutation
 
 
 def test_changed_hyperparameters_retrain(tiny_world, monkeypatch):

@@ -21,6 +21,7 @@ once). Two hooks make them explainable by every method in
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -115,7 +116,7 @@ class MLP(nnx.Module):
     self.image_shape = tuple(image_shape)
     widths = [math.prod(image_shape), *hidden]
     self.hidden = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)]
     )
     self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
     self.activation: Callable[[jax.Array], jax.Array] = relu

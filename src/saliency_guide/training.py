@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -23,8 +23,8 @@ class TrainConfig:
   Attributes:
     epochs: passes over the training set.
     batch_size: examples per optimisation step.
-    learning_rate: peak Adam learning rate (cosine decay to 0 after 1 epoch... see
-      :func:`train`).
+    learning_rate: peak AdamW learning rate (warm-up, then cosine decay to zero;
+      see :func:`train`).
     weight_decay: decoupled weight decay of AdamW.
     seed: seed of the parameter initialisation and of the shuffling order.
   """
@@ -60,6 +60,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+@functools.lru_cache(maxsize=32)
+def _adamw(
+    learning_rate: float, weight_decay: float, total_steps: int
+) -> optax.GradientTransformation:
+  """AdamW with linear warm-up (first 5 % of steps) and cosine decay to zero.
+
+  Cached so that every training run with the same hyper-parameters gets the
+  *same* transformation object: the optimizer's static structure (and with it
+  the compiled ``_train_step``) is then shared between runs instead of being
+  traced and compiled again for each retraining (ROAR retrains dozens of times).
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, max(1, total_steps // 20), total_steps
+  )
+  return optax.adamw(schedule, weight_decay=weight_decay)
+
+
 @nnx.jit
 def _train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
   loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
@@ -72,7 +89,9 @@ def _logits(model: nnx.Module, x: jax.Array) -> jax.Array:
   return model(x)
 
 
-def predict(model: nnx.Module, images: np.ndarray | jax.Array, *, batch_size: int = 1000) -> np.ndarray:
+def predict(
+    model: nnx.Module, images: np.ndarray | jax.Array, *, batch_size: int = 1000
+) -> np.ndarray:
   """Logits of ``model`` on ``images``, computed in batches.
 
   Args:
@@ -124,7 +143,7 @@ def train(
 ) -> TrainResult:
   r"""Train ``model`` in place by minimising softmax cross-entropy with AdamW.
 
-  The learning rate follows a one-cycle-free cosine schedule: linear warm-up
+  The learning rate follows a warm-up cosine schedule: linear warm-up
   over the first 5 % of steps to ``config.learning_rate``, then cosine decay to
   zero. Each epoch visits the training set in a fresh random order (the last,
   incomplete batch is dropped so that every step has the same shape and
@@ -166,12 +185,8 @@ def train(
         f"images: need at least batch_size={config.batch_size} examples, got {len(images)}"
     )
   total_steps = steps_per_epoch * config.epochs
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, max(1, total_steps // 20), total_steps
-  )
-  optimizer = nnx.Optimizer(
-      model, optax.adamw(schedule, weight_decay=config.weight_decay), wrt=nnx.Param
-  )
+  tx = _adamw(config.learning_rate, config.weight_decay, total_steps)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   order_rng = np.random.default_rng(config.seed)
   losses = []
   start = time.perf_counter()

@@ -117,6 +117,15 @@ class Pretrained:
   path: Path
   data_dir: str | None = None
 
+  def train_data(self) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(images, labels)`` the model was trained on.
+
+    The images of :attr:`train_split`; the labels are that split's, randomly
+    permuted (reproducibly, from :attr:`seed`) when :attr:`shuffle_labels`.
+    """
+    images, labels = data_lib.load_mnist(self.train_split, data_dir=self.data_dir)
+    return images, _shuffled(labels, self.seed) if self.shuffle_labels else labels
+
   def eval_data(self) -> tuple[np.ndarray, np.ndarray]:
     """The ``(images, labels)`` of :attr:`eval_split`."""
     return data_lib.load_mnist(self.eval_split, data_dir=self.data_dir)
@@ -160,6 +169,11 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
   if cache_dir is not None:
     return Path(cache_dir)
   return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("saliency_guide"))
+
+
+def _shuffled(labels: np.ndarray, seed: int) -> np.ndarray:
+  """The permuted labels of a data-randomisation model trained with ``seed``."""
+  return np.random.default_rng(seed + 1).permutation(labels)
 
 
 def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -241,7 +255,7 @@ def pretrained(
 
   images, labels = data_lib.load_mnist(train_split, data_dir=data_dir)
   if shuffle_labels:
-    labels = np.random.default_rng(seed + 1).permutation(labels)
+    labels = _shuffled(labels, seed)
   key_fields = {
       "format": _FORMAT_VERSION,
       "name": name,

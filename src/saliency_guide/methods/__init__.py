@@ -3,9 +3,17 @@
 Every method has the signature ``method(model, images, targets, **options)``:
 ``images`` are float32 NHWC ``(B, H, W, C)``, ``targets`` integer class indices
 ``(B,)``, and the result explains each image's **target class logit**.
+
+The families, each in its own module: gradient methods (``_gradients``,
+``_integrated``, ``_smoothgrad``), modified backpropagation
+(``_modified_backprop``) and class activation maps (``_cam``, ``_gradcam``).
 """
 
-# Gradient methods.
+from saliency_guide.methods._cam import cam as cam
+from saliency_guide.methods._cam import score_cam as score_cam
+from saliency_guide.methods._gradcam import grad_cam as grad_cam
+from saliency_guide.methods._gradcam import grad_cam_plus_plus as grad_cam_plus_plus
+from saliency_guide.methods._gradcam import guided_grad_cam as guided_grad_cam
 from saliency_guide.methods._gradients import gradients as gradients
 from saliency_guide.methods._gradients import gradients_x_inputs as gradients_x_inputs
 from saliency_guide.methods._integrated import BASELINES as BASELINES
@@ -14,17 +22,10 @@ from saliency_guide.methods._integrated import expected_gradients as expected_gr
 from saliency_guide.methods._integrated import integrated_gradients as integrated_gradients
 from saliency_guide.methods._integrated import make_baseline as make_baseline
 from saliency_guide.methods._integrated import quadrature as quadrature
-from saliency_guide.methods._smoothgrad import SMOOTHGRAD_VARIANTS as SMOOTHGRAD_VARIANTS
-from saliency_guide.methods._smoothgrad import smoothgrad as smoothgrad
-# Modified backpropagation.
 from saliency_guide.methods._modified_backprop import deconv_relu as deconv_relu
 from saliency_guide.methods._modified_backprop import deconvolution as deconvolution
 from saliency_guide.methods._modified_backprop import guided_backprop as guided_backprop
 from saliency_guide.methods._modified_backprop import guided_relu as guided_relu
 from saliency_guide.methods._modified_backprop import with_relu_rule as with_relu_rule
-# Class activation maps.
-from saliency_guide.methods._cam import cam as cam
-from saliency_guide.methods._cam import score_cam as score_cam
-from saliency_guide.methods._gradcam import grad_cam as grad_cam
-from saliency_guide.methods._gradcam import grad_cam_plus_plus as grad_cam_plus_plus
-from saliency_guide.methods._gradcam import guided_grad_cam as guided_grad_cam
+from saliency_guide.methods._smoothgrad import SMOOTHGRAD_VARIANTS as SMOOTHGRAD_VARIANTS
+from saliency_guide.methods._smoothgrad import smoothgrad as smoothgrad

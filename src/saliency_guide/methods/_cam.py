@@ -180,7 +180,10 @@ def chunk_size(items: int, elements_per_item: int) -> int:
 def _cam(graphdef, state, images, targets, layer, upsample):
   """Jitted core of :func:`cam`: the maps and the relative error of the GAP identity."""
   logits, a = feature_maps(graphdef, state, images, layer)
-  head = nnx.merge(graphdef, state).head
+  model = nnx.merge(graphdef, state)
+  head = model.head
+  if head.in_features != a.shape[-1]:  # static shapes: raised while tracing
+    raise ValueError(_no_cam_weights(model, layer, a.shape[-1]))
   kernel = head.kernel[...]  # (K, classes): w^c_k = kernel[k, c]
   maps = weighted_sum(kernel[:, targets].T, a)
   # CAM is exact iff y = head(GAP(A)); measure it on these very images.
@@ -189,7 +192,25 @@ def _cam(graphdef, state, images, targets, layer, upsample):
   return finish(maps, images.shape[1:3], relu=False, upsample=upsample), error
 
 
-def _check_cam_model(model: nnx.Module, images: jax.Array, layer: str) -> None:
+def _no_cam_weights(model: nnx.Module, layer: str, channels: int | None) -> str:
+  """The error message for a model whose head is not a dense layer on GAP(``layer``)."""
+  head = getattr(model, "head", None)
+  got = (
+      f"its head is {type(head).__name__}"
+      if not isinstance(head, nnx.Linear)
+      else f"its head is a dense layer with {head.in_features} inputs"
+  )
+  has = f" has {channels} channels" if channels is not None else ""
+  return (
+      f"model: CAM needs logits y^c = sum_k w^c_k GAP(A^k) + b^c, a global average pooling "
+      f"of the last conv layer followed by a single dense layer named 'head' (like GapCNN); "
+      f"{type(model).__name__}'s {layer!r}{has} but {got}, so no w^c_k "
+      "exists for it; use grad_cam, which needs no particular architecture"
+  )
+
+
+def _check_cam_model(model: nnx.Module, layer: str) -> None:
+  """Cheap structural checks (no tracing); the channel count is checked in :func:`_cam`."""
   last = conv_layer_names(model)[-1]
   if layer != last:
     raise ValueError(
@@ -197,20 +218,8 @@ def _check_cam_model(model: nnx.Module, images: jax.Array, layer: str) -> None:
         f"of the last conv layer, {last!r}, so CAM exists only there; got {layer!r} "
         "(Grad-CAM generalises CAM to any layer)"
     )
-  head = getattr(model, "head", None)
-  channels = map_shape(*nnx.split(model), images, layer)[-1]
-  if not isinstance(head, nnx.Linear) or head.in_features != channels:
-    got = (
-        f"its head is {type(head).__name__}"
-        if not isinstance(head, nnx.Linear)
-        else f"its head is a dense layer with {head.in_features} inputs"
-    )
-    raise ValueError(
-        f"model: CAM needs logits y^c = sum_k w^c_k GAP(A^k) + b^c, a global average pooling "
-        f"of the last conv layer followed by a single dense layer named 'head' (like GapCNN); "
-        f"{type(model).__name__}'s {layer!r} has {channels} channels but {got}, so no w^c_k "
-        "exists for it; use grad_cam, which needs no particular architecture"
-    )
+  if not isinstance(getattr(model, "head", None), nnx.Linear):
+    raise ValueError(_no_cam_weights(model, layer, None))
 
 
 def cam(
@@ -281,7 +290,7 @@ def cam(
   images, targets = check_inputs(model, images, targets)
   layer = check_layer(model, layer)
   upsample = check_flag("upsample", upsample)
-  _check_cam_model(model, images, layer)
+  _check_cam_model(model, layer)
   graphdef, state = nnx.split(model)
   maps, error = _cam(graphdef, state, images, targets, layer, upsample)
   if float(error) > 1e-4:

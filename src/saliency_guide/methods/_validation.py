@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["check_inputs", "check_positive_int", "check_choice", "model_channels", "model_num_classes"]
+__all__ = [
+    "check_choice", "check_inputs", "check_positive_int", "model_channels", "model_num_classes",
+]
 
 
 def model_channels(model: nnx.Module) -> int | None:
@@ -78,7 +80,8 @@ def check_inputs(
     >>> check_inputs(CNN(rngs=nnx.Rngs(0)), jnp.zeros((2, 1, 28, 28)), [3, 7])
     Traceback (most recent call last):
     ...
-    ValueError: images: expected NHWC images (B, H, W, 1) with 1 channel(s) as the model expects, got shape (2, 1, 28, 28); channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
+    ValueError: images: expected NHWC images (B, H, W, 1) ... got shape (2, 1, 28, 28); \
+channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
   """
   if not hasattr(images, "shape") or not hasattr(images, "dtype"):
     if isinstance(images, list | tuple):
