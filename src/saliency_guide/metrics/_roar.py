@@ -30,7 +30,6 @@ line as ``python -m saliency_guide.metrics roar --full``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -205,11 +204,15 @@ class ROARResult:
     return {name: acc.mean(axis=0) for name, acc in self.accuracy.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("absolute",))
-def _remove(images: jax.Array, scores: jax.Array, count: jax.Array, fill: jax.Array,
-            key: jax.Array, absolute: bool) -> jax.Array:
-  ranks = rank_pixels(scores, key, absolute=absolute)
+@jax.jit
+def _fill_ranked(images: jax.Array, ranks: jax.Array, count: jax.Array,
+                 fill: jax.Array) -> jax.Array:
+  """``fill`` where ``ranks < count`` (all channels of the pixel), ``images`` elsewhere."""
   return jnp.where((ranks < count)[..., None], fill, images)
+
+
+def _pixel_count(fraction: float, images: Any) -> jax.Array:
+  return jnp.asarray(round(fraction * images.shape[1] * images.shape[2]), jnp.int32)
 
 
 def remove_top_pixels(
@@ -260,9 +263,9 @@ def remove_top_pixels(
   if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
     raise ValueError(f"fraction: expected a number in [0, 1], got {fraction!r}")
   fill = jnp.broadcast_to(jnp.asarray(fill, jnp.float32), images.shape[-1:])
-  count = jnp.asarray(round(fraction * images.shape[1] * images.shape[2]), jnp.int32)
   key = jax.random.key(0) if key is None else key
-  return _remove(images, scores, count, fill, key, absolute=absolute)
+  ranks = rank_pixels(scores, key, absolute=absolute)
+  return _fill_ranked(images, ranks, _pixel_count(fraction, images), fill)
 
 
 def _check_data(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -424,12 +427,17 @@ def roar(
     acc[:, 0] = baseline
     base_train, base_test = ((np.zeros_like(train_x), np.zeros_like(test_x)) if mask_only
                              else (train_x, test_x))
+    # Rank once per method (the ranking does not depend on t); exactly what
+    # remove_top_pixels does for each t, without sorting the pixels again.
+    train_ranks = rank_pixels(jnp.asarray(train_scores), tie_key, absolute=config.absolute)
+    test_ranks = rank_pixels(jnp.asarray(test_scores), jax.random.fold_in(tie_key, 1),
+                             absolute=config.absolute)
+    fill_value = jnp.broadcast_to(jnp.asarray(fill, jnp.float32), train_x.shape[-1:])
     for i, t in enumerate(fractions[1:], start=1):
-      x_train = np.asarray(remove_top_pixels(base_train, train_scores, float(t), fill=fill,
-                                             key=tie_key, absolute=config.absolute))
-      x_test = np.asarray(remove_top_pixels(base_test, test_scores, float(t), fill=fill,
-                                            key=jax.random.fold_in(tie_key, 1),
-                                            absolute=config.absolute))
+      x_train = np.asarray(_fill_ranked(base_train, train_ranks,
+                                        _pixel_count(float(t), base_train), fill_value))
+      x_test = np.asarray(_fill_ranked(base_test, test_ranks,
+                                       _pixel_count(float(t), base_test), fill_value))
       for r in range(config.repeats):
         acc[r, i] = retrain(x_train, x_test, r)
       emit(f"{name}, t = {t:.2f}: accuracy {acc[:, i].mean():.4f}")
