@@ -59,8 +59,12 @@ def docs(session: nox.Session) -> None:
               env=env)
   shutil.rmtree(DOCS_BUILD / "html", ignore_errors=True)
   shutil.rmtree(DOCS_BUILD / "jupyter_execute", ignore_errors=True)
+  # The decision guide reads what the comparison page measures in *this* build.
+  (ROOT / "docs" / "tutorials" / "comparison_summary.json").unlink(missing_ok=True)
   # Notebook kernels must draw with Jupyter's inline backend: an inherited
   # MPLBACKEND=Agg (common in CI) would silently drop every figure from the site.
+  # (Sphinx reads the pages in alphabetical order, one at a time: myst-nb executes
+  # them serially, so the comparison page runs before the guide.)
   inline = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
   session.run(
       "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(DOCS_BUILD / "html"),
