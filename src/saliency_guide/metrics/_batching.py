@@ -43,13 +43,12 @@ def attribute_batched(
     NumPy array of the maps, ``(N, ...)``, as ``method`` returns them.
 
   Example:
-    >>> import jax, jax.numpy as jnp
+    >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from saliency_guide.models import MLP
-    >>> def gradient(model, x, t):
-    ...   return jax.grad(lambda x: model(x)[jnp.arange(len(t)), t].sum())(x)
+    >>> from saliency_guide.methods import gradients
     >>> x = jnp.zeros((5, 28, 28, 1))
-    >>> attribute_batched(gradient, MLP(rngs=nnx.Rngs(0)), x, jnp.arange(5), batch_size=2).shape
+    >>> attribute_batched(gradients, MLP(rngs=nnx.Rngs(0)), x, jnp.arange(5), batch_size=2).shape
     (5, 28, 28, 1)
   """
   if not callable(method):

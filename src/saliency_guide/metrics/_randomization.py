@@ -180,10 +180,9 @@ def model_randomization(
     >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
     >>> from saliency_guide.models import MLP
-    >>> def gradient(model, x, t):
-    ...   return jax.grad(lambda x: model(x)[jnp.arange(len(t)), t].sum())(x)
+    >>> from saliency_guide.methods import gradients
     >>> x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
-    >>> result = model_randomization(gradient, MLP(hidden=(8,), rngs=nnx.Rngs(0)), x,
+    >>> result = model_randomization(gradients, MLP(hidden=(8,), rngs=nnx.Rngs(0)), x,
     ...                              jnp.array([1, 2]), key=jax.random.key(2))
     >>> result.steps, result.similarity.rank_correlation.shape
     (('head', 'hidden/0'), (2, 2))
@@ -245,10 +244,9 @@ def data_randomization(
     >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
     >>> from saliency_guide.models import MLP
-    >>> def gradient(model, x, t):
-    ...   return jax.grad(lambda x: model(x)[jnp.arange(len(t)), t].sum())(x)
+    >>> from saliency_guide.methods import gradients
     >>> x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
-    >>> result = data_randomization(gradient, MLP(rngs=nnx.Rngs(0)), MLP(rngs=nnx.Rngs(1)),
+    >>> result = data_randomization(gradients, MLP(rngs=nnx.Rngs(0)), MLP(rngs=nnx.Rngs(1)),
     ...                             x, jnp.array([1, 2]))
     >>> result.maps.shape
     (1, 2, 28, 28)
