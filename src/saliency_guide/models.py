@@ -46,6 +46,11 @@ class FeatureMaps(nnx.Module):
 
   feature_layers: tuple[str, ...] = ()
 
+  @property
+  def in_channels(self) -> int:
+    """Channels of the input images: the input features of the first conv layer."""
+    return int(getattr(self, self.feature_layers[0]).in_features)
+
   def expose(self, name: str, x: jax.Array) -> jax.Array:
     """Record feature map ``x`` as ``name`` and make it perturbable.
 

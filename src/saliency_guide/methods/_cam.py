@@ -176,11 +176,11 @@ def chunk_size(items: int, elements_per_item: int) -> int:
 # --------------------------------------------------------------------------- #
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "upsample"))
-def _cam(graphdef, state, images, targets, layer, upsample):
+@functools.partial(jax.jit, static_argnames=("layer", "upsample"))
+def _cam(model, images, targets, layer, upsample):
   """Jitted core of :func:`cam`: the maps and the relative error of the GAP identity."""
+  graphdef, state = nnx.split(model)  # inside the trace: free at run time
   logits, a = feature_maps(graphdef, state, images, layer)
-  model = nnx.merge(graphdef, state)
   head = model.head
   if head.in_features != a.shape[-1]:  # static shapes: raised while tracing
     raise ValueError(_no_cam_weights(model, layer, a.shape[-1]))
@@ -291,8 +291,7 @@ def cam(
   layer = check_layer(model, layer)
   upsample = check_flag("upsample", upsample)
   _check_cam_model(model, layer)
-  graphdef, state = nnx.split(model)
-  maps, error = _cam(graphdef, state, images, targets, layer, upsample)
+  maps, error = _cam(model, images, targets, layer, upsample)
   if float(error) > 1e-4:
     raise ValueError(
         f"model: CAM needs logits y^c = sum_k w^c_k GAP(A^k) + b^c, but "
@@ -308,9 +307,10 @@ def cam(
 # --------------------------------------------------------------------------- #
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "upsample", "relu"))
-def _score_cam(graphdef, state, images, targets, layer, upsample, relu):
+@functools.partial(jax.jit, static_argnames=("layer", "upsample", "relu"))
+def _score_cam(model, images, targets, layer, upsample, relu):
   """Jitted core of :func:`score_cam`."""
+  graphdef, state = nnx.split(model)  # inside the trace: free at run time
   _, a = feature_maps(graphdef, state, images, layer)  # (B, h, w, K)
   size = images.shape[1:3]
   # H^k = s(Up(A^k)): upsample, then min-max normalise each map to [0, 1];
@@ -405,5 +405,4 @@ def score_cam(
   layer = check_layer(model, layer)
   upsample = check_flag("upsample", upsample)
   relu = check_flag("relu", relu)
-  graphdef, state = nnx.split(model)
-  return _score_cam(graphdef, state, images, targets, layer, upsample, relu)
+  return _score_cam(model, images, targets, layer, upsample, relu)

@@ -87,9 +87,10 @@ def _grad_cam_sum(graphdef, state, images, targets, layer):
   return weighted_sum(alpha, a)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "upsample", "relu"))
-def _grad_cam(graphdef, state, images, targets, layer, upsample, relu):
+@functools.partial(jax.jit, static_argnames=("layer", "upsample", "relu"))
+def _grad_cam(model, images, targets, layer, upsample, relu):
   """Jitted core of :func:`grad_cam`."""
+  graphdef, state = nnx.split(model)  # inside the trace: free at run time
   maps = _grad_cam_sum(graphdef, state, images, targets, layer)
   return finish(maps, images.shape[1:3], relu=relu, upsample=upsample)
 
@@ -160,8 +161,7 @@ def grad_cam(
   layer = check_layer(model, layer)
   upsample = check_flag("upsample", upsample)
   relu = check_flag("relu", relu)
-  graphdef, state = nnx.split(model)
-  return _grad_cam(graphdef, state, images, targets, layer, upsample, relu)
+  return _grad_cam(model, images, targets, layer, upsample, relu)
 
 
 # --------------------------------------------------------------------------- #
@@ -169,9 +169,10 @@ def grad_cam(
 # --------------------------------------------------------------------------- #
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
-def _guided_grad_cam(graphdef, state, images, targets, layer):
+@functools.partial(jax.jit, static_argnames=("layer",))
+def _guided_grad_cam(model, images, targets, layer):
   """Jitted core of :func:`guided_grad_cam`: both maps in one compiled call."""
+  graphdef, state = nnx.split(model)  # inside the trace: free at run time
   coarse = finish(_grad_cam_sum(graphdef, state, images, targets, layer), images.shape[1:3],
                   relu=True, upsample=True)
   guided = with_relu_rule(nnx.merge(graphdef, state), guided_relu)
@@ -236,8 +237,7 @@ def guided_grad_cam(
         "upsample: Guided Grad-CAM multiplies the pixel-resolution Guided Backpropagation "
         "map by Grad-CAM, so Grad-CAM must be upsampled to the input; got upsample=False"
     )
-  graphdef, state = nnx.split(model)
-  return _guided_grad_cam(graphdef, state, images, targets, layer)
+  return _guided_grad_cam(model, images, targets, layer)
 
 
 # --------------------------------------------------------------------------- #
@@ -275,8 +275,9 @@ def _diagonals(graphdef, state, images, targets, layer, order):
   return a, first, second.T.reshape(shape), third.T.reshape(shape)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "order"))
-def _diagonal_derivatives(graphdef, state, images, targets, layer, order):
+@functools.partial(jax.jit, static_argnames=("layer", "order"))
+def _diagonal_derivatives(model, images, targets, layer, order):
+  graphdef, state = nnx.split(model)  # inside the trace: free at run time
   return _diagonals(graphdef, state, images, targets, layer, order)
 
 
@@ -326,15 +327,13 @@ def diagonal_derivatives(
   """
   images, targets = check_inputs(model, images, targets)
   layer = check_layer(model, layer)
-  graphdef, state = nnx.split(model)
-  return _diagonal_derivatives(graphdef, state, images, targets, layer, 3)
+  return _diagonal_derivatives(model, images, targets, layer, 3)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "layer", "upsample", "relu", "derivatives")
-)
-def _grad_cam_plus_plus(graphdef, state, images, targets, layer, upsample, relu, derivatives):
+@functools.partial(jax.jit, static_argnames=("layer", "upsample", "relu", "derivatives"))
+def _grad_cam_plus_plus(model, images, targets, layer, upsample, relu, derivatives):
   """Jitted core of :func:`grad_cam_plus_plus`."""
+  graphdef, state = nnx.split(model)  # inside the trace: free at run time
   exact = derivatives == "exact"
   a, d1, d2, d3 = _diagonals(graphdef, state, images, targets, layer, 3 if exact else 1)
   # Derivatives of Y = exp(S), divided by exp(S) (it cancels in alpha).
@@ -435,7 +434,4 @@ def grad_cam_plus_plus(
   upsample = check_flag("upsample", upsample)
   relu = check_flag("relu", relu)
   derivatives = check_choice("derivatives", derivatives, DERIVATIVES)
-  graphdef, state = nnx.split(model)
-  return _grad_cam_plus_plus(
-      graphdef, state, images, targets, layer, upsample, relu, derivatives
-  )
+  return _grad_cam_plus_plus(model, images, targets, layer, upsample, relu, derivatives)

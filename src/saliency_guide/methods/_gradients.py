@@ -21,19 +21,15 @@ def _input_x_gradient(model: nnx.Module, images: jax.Array, targets: jax.Array) 
 
 
 @jax.jit
-def _gradients(
-    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, targets: jax.Array
-) -> jax.Array:
+def _gradients(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
   """Jitted core of :func:`gradients` on validated inputs."""
-  return logit_gradient(nnx.merge(graphdef, state), images, targets)
+  return logit_gradient(model, images, targets)
 
 
 @jax.jit
-def _gradients_x_inputs(
-    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, targets: jax.Array
-) -> jax.Array:
+def _gradients_x_inputs(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
   """Jitted core of :func:`gradients_x_inputs` on validated inputs."""
-  return _input_x_gradient(nnx.merge(graphdef, state), images, targets)
+  return _input_x_gradient(model, images, targets)
 
 
 def gradients(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
@@ -81,8 +77,7 @@ def gradients(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.A
     2014. arXiv:1312.6034.
   """
   images, targets = check_inputs(model, images, targets)
-  graphdef, state = nnx.split(model)
-  return _gradients(graphdef, state, images, targets)
+  return _gradients(model, images, targets)
 
 
 def gradients_x_inputs(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
@@ -131,8 +126,7 @@ def gradients_x_inputs(model: nnx.Module, images: jax.Array, targets: jax.Array)
     arXiv:1711.06104.
   """
   images, targets = check_inputs(model, images, targets)
-  graphdef, state = nnx.split(model)
-  return _gradients_x_inputs(graphdef, state, images, targets)
+  return _gradients_x_inputs(model, images, targets)
 
 
 # Traceable cores ``(model, images, targets) -> maps`` on validated inputs, for

@@ -398,8 +398,7 @@ def _path_attributions(
 
 @functools.partial(jax.jit, static_argnames=("per_pass",))
 def _integrated_gradients(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
+    model: nnx.Module,
     images: jax.Array,
     targets: jax.Array,
     baselines: jax.Array,
@@ -414,7 +413,6 @@ def _integrated_gradients(
   rule with the same number of steps shares one compiled function; the
   completeness delta costs two forward passes and is always computed.
   """
-  model = nnx.merge(graphdef, state)
   batch, steps = images.shape[0], alphas.shape[0]
   attributions = _path_attributions(
       model, images, targets, baselines,
@@ -520,9 +518,8 @@ def integrated_gradients(
   else:
     baselines = _check_baseline_array(baseline, images)
   alphas, weights = quadrature(method, steps)
-  graphdef, state = nnx.split(model)
   attributions, delta = _integrated_gradients(
-      graphdef, state, images, targets, baselines, jnp.asarray(alphas, jnp.float32),
+      model, images, targets, baselines, jnp.asarray(alphas, jnp.float32),
       jnp.asarray(weights, jnp.float32), per_pass=per_pass,
   )
   return (attributions, delta) if return_delta else attributions
@@ -535,8 +532,7 @@ def integrated_gradients(
 
 @functools.partial(jax.jit, static_argnames=("samples", "per_pass"))
 def _expected_gradients(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
+    model: nnx.Module,
     images: jax.Array,
     targets: jax.Array,
     references: jax.Array,
@@ -546,7 +542,6 @@ def _expected_gradients(
     per_pass: int,
 ) -> jax.Array:
   """Jitted core of :func:`expected_gradients` on validated inputs."""
-  model = nnx.merge(graphdef, state)
   index_key, alpha_key = jax.random.split(key)
   shape = (images.shape[0], samples)
   ref_index = flat_random(
@@ -641,7 +636,6 @@ def expected_gradients(
   samples = check_positive_int("samples", samples)
   per_pass = check_positive_int("internal_batch_size", internal_batch_size)
   key = _check_key(key, "expected_gradients")
-  graphdef, state = nnx.split(model)
   return _expected_gradients(
-      graphdef, state, images, targets, references, key, samples=samples, per_pass=per_pass
+      model, images, targets, references, key, samples=samples, per_pass=per_pass
   )

@@ -20,12 +20,13 @@ output from above, the signal sent below is
 
 The rules are :func:`jax.custom_vjp` ReLUs (:func:`deconv_relu`,
 :func:`guided_relu`) whose forward pass is the ordinary ReLU. A method copies
-the model *inside* its jitted function (``nnx.merge(graphdef, state)`` builds a
-fresh object) and assigns the rule to every submodule attribute named
-``activation`` (the models in :mod:`saliency_guide.models` call every ReLU
-through it), then takes the ordinary ``jax.grad`` of the target logit. The
-caller's model is never modified, and the rule is a static argument of the
-compiled function, so switching rules can never reuse a stale compilation.
+the model *inside* its jitted function (the module is a pytree argument of
+:func:`jax.jit`, so the traced function receives a fresh object) and assigns
+the rule to every submodule attribute named ``activation`` (the models in
+:mod:`saliency_guide.models` call every ReLU through it), then takes the
+ordinary ``jax.grad`` of the target logit. The caller's model is never
+modified, and the rule is a static argument of the compiled function, so
+switching rules can never reuse a stale compilation.
 
 Conventions at the kink, fixed and tested: the forward mask is
 :math:`\mathbb{1}[x > 0]`, so at :math:`x = 0` nothing passes, exactly like the
@@ -230,7 +231,7 @@ def with_relu_rule(model: nnx.Module, relu: Activation) -> nnx.Module:
   Every submodule attribute named ``activation`` (how the models of
   :mod:`saliency_guide.models` call their ReLUs) is set to ``relu`` on a copy;
   ``model`` itself is not modified. Works eagerly and inside ``jax.jit`` (on a
-  model built by ``nnx.merge`` in the traced function), so other methods, such
+  model rebuilt in the traced function), so other methods, such
   as Guided Grad-CAM, can reuse it. The forward pass of the copy equals that of
   ``model``.
 
@@ -268,10 +269,9 @@ def with_relu_rule(model: nnx.Module, relu: Activation) -> nnx.Module:
   return copy
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "relu"))
+@functools.partial(jax.jit, static_argnames=("relu",))
 def _modified_gradient(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
+    model: nnx.Module,
     images: jax.Array,
     targets: jax.Array,
     relu: Activation,
@@ -281,7 +281,6 @@ def _modified_gradient(
   ``relu`` is static: each rule has its own compiled function, and calls with
   the same rule, graph and shapes reuse it.
   """
-  model = nnx.merge(graphdef, state)  # a fresh object: assigning to it is safe
   for module in _relu_modules(model):
     setattr(module, ACTIVATION_ATTRIBUTE, relu)
   return logit_gradient(model, images, targets)
@@ -289,9 +288,9 @@ def _modified_gradient(
 
 def _modified_backprop(model, images, targets, relu):
   images, targets = check_inputs(model, images, targets)
-  _relu_modules(model)  # fail eagerly, with the model's own paths in the message
-  graphdef, state = nnx.split(model)
-  return _modified_gradient(graphdef, state, images, targets, relu)
+  # A model without replaceable ReLUs fails while ``_modified_gradient`` traces
+  # (same module paths in the message); a compiled call skips the module walk.
+  return _modified_gradient(model, images, targets, relu)
 
 
 # --------------------------------------------------------------------------- #

@@ -97,8 +97,7 @@ def _start_stats(images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 @functools.partial(jax.jit, static_argnames=("traceable", "samples", "per_chunk"))
 def _smoothgrad_traced(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
+    model: nnx.Module,
     images: jax.Array,
     targets: jax.Array,
     key: jax.Array,
@@ -110,7 +109,6 @@ def _smoothgrad_traced(
     per_chunk: int,
 ) -> jax.Array:
   """All noise samples in one compiled call: ``lax.scan`` over chunks of samples."""
-  model = nnx.merge(graphdef, state)
   chunk_targets = jnp.tile(targets, per_chunk)
 
   def one_chunk(stats, start):
@@ -240,9 +238,8 @@ def smoothgrad(
     per_chunk = _samples_per_chunk(samples, images.shape[0], batch_size)
     level = jnp.asarray(noise_level, images.dtype)
     if traceable is not None and not options:
-      graphdef, state = nnx.split(model)
       return _smoothgrad_traced(
-          graphdef, state, images, targets, key, level, variant_index, traceable=traceable,
+          model, images, targets, key, level, variant_index, traceable=traceable,
           samples=samples, per_chunk=per_chunk,
       )
     chunk_targets = jnp.tile(targets, per_chunk)

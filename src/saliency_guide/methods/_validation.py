@@ -23,9 +23,13 @@ __all__ = [
 def model_channels(model: nnx.Module) -> int | None:
   """Number of input channels ``model`` expects, or ``None`` if it cannot tell.
 
-  Reads ``model.image_shape[-1]`` if the model has it, else the ``in_features``
-  of its first ``nnx.Conv``.
+  Reads ``model.in_channels`` or ``model.image_shape[-1]`` if the model has
+  one (both cost nothing), else the ``in_features`` of its first ``nnx.Conv``
+  (a walk over the module graph).
   """
+  channels = getattr(model, "in_channels", None)
+  if channels is not None:
+    return int(channels)
   shape = getattr(model, "image_shape", None)
   if shape is not None:
     return int(shape[-1])
@@ -44,6 +48,11 @@ def model_num_classes(model: nnx.Module, images: jax.Array) -> int:
   if out.ndim != 2:
     raise ValueError(f"model: expected logits of shape (B, classes), got shape {out.shape}")
   return int(out.shape[-1])
+
+
+@jax.jit
+def _count_nonfinite(images: jax.Array) -> jax.Array:
+  return jnp.sum(~jnp.isfinite(images))
 
 
 def _describe(x: Any) -> str:
@@ -105,8 +114,8 @@ channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
   if images.shape[0] == 0:
     raise ValueError("images: expected at least one image, got a batch of 0")
   images = jnp.asarray(images, jnp.float32)
-  if not bool(jnp.isfinite(images).all()):
-    bad = int((~jnp.isfinite(images)).sum())
+  bad = int(_count_nonfinite(images))  # one compiled call instead of two dispatched ops
+  if bad:
     raise ValueError(f"images: expected finite values, got {bad} NaN or Inf value(s)")
 
   if isinstance(targets, int | np.integer):

@@ -24,9 +24,8 @@ __all__ = ["completeness_delta"]
 
 
 @jax.jit
-def _delta(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, targets: jax.Array,
+def _delta(model: nnx.Module, images: jax.Array, targets: jax.Array,
            scores: jax.Array, baselines: jax.Array) -> jax.Array:
-  model = nnx.merge(graphdef, state)
   gap = target_logits(model, images, targets) - target_logits(model, baselines, targets)
   return scores.sum(axis=(1, 2)) - gap
 
@@ -103,6 +102,5 @@ def completeness_delta(
     ) from None
   if not bool(jnp.isfinite(base).all()):
     raise ValueError("baselines: expected finite values, got NaN or Inf")
-  graphdef, state = nnx.split(model)
-  return _delta(graphdef, state, images, targets, scores, base)
+  return _delta(model, images, targets, scores, base)
 

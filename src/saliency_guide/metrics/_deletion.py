@@ -181,8 +181,7 @@ def _counts(pixels: int, steps: int) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("steps", "insert", "score", "per_pass", "absolute"))
 def _curves(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
+    model: nnx.Module,
     images: jax.Array,
     targets: jax.Array,
     scores: jax.Array,
@@ -196,7 +195,6 @@ def _curves(
     absolute: bool,
 ) -> Curves:
   """Jitted core of :func:`deletion` and :func:`insertion` on validated inputs."""
-  model = nnx.merge(graphdef, state)
   batch, height, width, _ = images.shape
   ranks = rank_pixels(scores, key, absolute=absolute)[..., None]  # (B, H, W, 1)
   counts = jnp.asarray(_counts(height * width, steps))
@@ -245,9 +243,8 @@ def _run(
   elif not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
     raise TypeError(f"key: expected a JAX PRNG key (jax.random.key(seed)), got {key!r}")
   fill = make_substrate(images, substrate, blur_sigma=blur_sigma)
-  graphdef, state = nnx.split(model)
   return _curves(
-      graphdef, state, images, targets, scores, fill, key,
+      model, images, targets, scores, fill, key,
       steps=steps, insert=insert, score=score, per_pass=per_pass, absolute=absolute,
   )
 
