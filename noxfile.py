@@ -32,9 +32,14 @@ def _install(session: nox.Session, *extras: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-  """Run the test suite and the docstring examples (pass pytest options after --)."""
+  """Run the test suite and the docstring examples on every core (pytest options after --).
+
+  Without options the suite runs in parallel (``pytest -n auto``: one worker per core,
+  each compiling its own functions); ``nox -s tests -- -x tests/test_gradients.py``
+  runs what you pass, in one process.
+  """
   _install(session, "test")
-  session.run("pytest", *session.posargs)
+  session.run("pytest", *(session.posargs or ["-n", "auto"]))
 
 
 @nox.session
