@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +132,26 @@ def test_corrupted_entry_is_retrained_with_a_warning(tiny_world, damage):
     record = zoo.pretrained("tiny", progress=False)
   assert calls["train"] == 2 and not record.from_cache
   assert zoo.pretrained("tiny", progress=False).from_cache  # repaired
+
+
+def test_an_entry_saved_meanwhile_by_another_process_is_kept(tiny_world, monkeypatch):
+  calls, cache = tiny_world
+  real_replace = zoo.os.replace
+
+  def another_process_wins(src, dst):
+    # Another process finishes training the same model first: `dst` exists now.
+    shutil.copytree(src, dst)
+    (Path(dst) / "winner").write_text("the other process")
+    real_replace(src, dst)  # raises: a folder cannot replace a non-empty folder
+
+  monkeypatch.setattr(zoo.os, "replace", another_process_wins)
+  record = zoo.pretrained("tiny", progress=False)  # trains, then loses the race
+  monkeypatch.setattr(zoo.os, "replace", real_replace)
+  assert calls["train"] == 1 and not record.from_cache
+  assert (record.path / "winner").exists()  # the other process's entry is kept
+  assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary left
+  again = zoo.pretrained("tiny", progress=False)
+  assert again.from_cache and calls["train"] == 1
 
 
 def test_cache_holds_no_pickle(tiny_world):

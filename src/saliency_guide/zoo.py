@@ -330,9 +330,16 @@ def _save(entry: Path, model: nnx.Module, record: dict[str, Any]) -> None:
   try:
     np.savez(tmp / "params.npz", **_flat_params(model))
     (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-    if entry.exists():
+    if entry.exists():  # an unreadable entry being replaced
       shutil.rmtree(entry)
-    os.replace(tmp, entry)
+    try:
+      os.replace(tmp, entry)
+    except OSError:
+      if not (entry / "record.json").exists():
+        raise
+      # Another process (a second notebook, a parallel build) trained the same entry
+      # and saved it after the check above. Same key: same model, data and seed, so
+      # its copy serves as well as ours; keep it instead of failing.
   finally:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
