@@ -19,7 +19,8 @@ import pytest
 from flax import nnx
 
 from saliency_guide import methods
-from saliency_guide.models import GapCNN
+from saliency_guide.methods._validation import model_channels
+from saliency_guide.models import FeatureMaps, GapCNN
 
 METHODS = {
     "gradients": methods.gradients,
@@ -87,3 +88,23 @@ def _compilations() -> Iterator[list[float]]:
     yield compiles
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+class _NoFeatureLayers(FeatureMaps):
+  """A FeatureMaps subclass that lists no feature layers (its conv is not exposed)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+    self.head = nnx.Linear(4, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(self.conv(x).mean(axis=(1, 2)))
+
+
+def test_input_channels_are_found_without_feature_layers():
+  model = _NoFeatureLayers(nnx.Rngs(0))
+  assert model.in_channels is None
+  assert model_channels(model) == 3  # from the first nnx.Conv
+  with pytest.raises(ValueError, match="3 channel"):
+    methods.gradients(model, jnp.zeros((2, 8, 8, 1)), jnp.array([1, 2]))
+  assert methods.gradients(model, jnp.zeros((2, 8, 8, 3)), jnp.array([1, 2])).shape == (2, 8, 8, 3)

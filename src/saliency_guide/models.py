@@ -47,8 +47,10 @@ class FeatureMaps(nnx.Module):
   feature_layers: tuple[str, ...] = ()
 
   @property
-  def in_channels(self) -> int:
-    """Channels of the input images: the input features of the first conv layer."""
+  def in_channels(self) -> int | None:
+    """Channels of the input images (the first feature layer's input features), or ``None``."""
+    if not self.feature_layers:
+      return None
     return int(getattr(self, self.feature_layers[0]).in_features)
 
   def expose(self, name: str, x: jax.Array) -> jax.Array:
