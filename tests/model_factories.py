@@ -1,5 +1,8 @@
 """Test models with NumPy-drawn weights, shared by the method tests."""
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,3 +69,19 @@ def rand(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 def toy_batch(batch: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   images = rand(seed, (batch, *SHAPE))
   return images, np.arange(batch, dtype=np.int32) % CLASSES
+
+
+@contextlib.contextmanager
+def compilations() -> Iterator[list[float]]:
+  """The XLA compilations that happen inside the ``with`` block (their durations)."""
+  compiles: list[float] = []
+
+  def listener(event: str, duration: float, **kwargs: object) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

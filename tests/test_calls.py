@@ -9,15 +9,13 @@ trigger a recompilation, and the caller's model is left as it was.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from model_factories import compilations
 from saliency_guide import methods
 from saliency_guide.methods._validation import model_channels
 from saliency_guide.models import FeatureMaps, GapCNN
@@ -54,7 +52,7 @@ def test_in_place_weight_changes_are_seen_without_recompiling(name, inputs):
   for conv in (model.conv1, model.conv2, model.conv3):  # change the model in place
     conv.kernel[...] = conv.kernel[...] * 1.5 + 0.01
   model.head.kernel[...] = model.head.kernel[...][:, ::-1]  # reverse the class order
-  with _compilations() as compiles:
+  with compilations() as compiles:
     after_change = method(model, images, targets)
   assert compiles == [], "an in-place weight change recompiled the method"
   assert not np.allclose(np.asarray(first), np.asarray(after_change))
@@ -72,22 +70,6 @@ def test_the_callers_model_is_left_as_it_was(name, inputs):
   METHODS[name](model, images, targets)
   assert nnx.graphdef(model) == graphdef
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(model)))
-
-
-@contextlib.contextmanager
-def _compilations() -> Iterator[list[float]]:
-  """The XLA compilations that happen inside the ``with`` block (their durations)."""
-  compiles: list[float] = []
-
-  def listener(event: str, duration: float, **kwargs: object) -> None:
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(duration)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield compiles
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 class _NoFeatureLayers(FeatureMaps):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from model_factories import compilations
 from saliency_guide.models import MLP
 from saliency_guide.training import TrainConfig, accuracy, cross_entropy, predict, train
 
@@ -53,20 +54,9 @@ def test_train_rejects_mismatched_labels_and_tiny_sets():
 def test_retraining_with_the_same_config_does_not_compile_again():
   # ROAR retrains the same architecture dozens of times: the training step must
   # be compiled once per (architecture, config), not once per call of train().
-  import jax
-
-  compiles = []
-
-  def listener(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiles.append(duration)
-
   x, y = _separable(64)
   config = TrainConfig(epochs=1, batch_size=32, seed=3)
   train(MLP(rngs=nnx.Rngs(0)), x, y, config=config, progress=False)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with compilations() as compiles:
     train(MLP(rngs=nnx.Rngs(1)), x, y, config=config, progress=False)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert compiles == []
