@@ -75,8 +75,7 @@ def small(model_cls, seed=0):
 
 def captured(model, images, layer):
   """The feature maps of ``layer``, through one jitted forward pass (no eager op compiles)."""
-  graphdef, state = nnx.split(model)
-  return jax.jit(lambda state, x: _cam.feature_maps(graphdef, state, x, layer)[1])(state, images)
+  return jax.jit(lambda model, x: _cam.feature_maps(model, x, layer)[1])(model, images)
 
 
 def digits(seed=0, batch=2):
@@ -253,9 +252,8 @@ def test_grad_cam_gradient_is_taken_at_a_not_2a():
 
 def test_layer_score_perturbation_is_zero():
   model = quadratic_head()
-  graphdef, state = nnx.split(model)
-  score = _cam.layer_score(graphdef, state, TINY_IMAGE, jnp.array([0]), "feat")
-  shape = _cam.map_shape(graphdef, state, TINY_IMAGE, "feat")
+  score = _cam.layer_score(model, TINY_IMAGE, jnp.array([0]), "feat")
+  shape = _cam.map_shape(model, TINY_IMAGE, "feat")
   value, a = score(jnp.zeros(shape))
   np.testing.assert_allclose(value, model(TINY_IMAGE)[0, 0], atol=1e-6)  # nothing added
   np.testing.assert_allclose(a, nnx.capture(model, nnx.Intermediate)(TINY_IMAGE)[1]["feat"]
@@ -271,10 +269,10 @@ def finite_differences(model, images, targets, h=1e-3):
   """S', S'', S''' per element of "feat" by central differences of the model in float64."""
   with jax.enable_x64(True):
     graphdef, state = nnx.split(model)
-    state = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), state)
+    model = nnx.merge(graphdef, jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), state))
     images = jnp.asarray(images, jnp.float64)
-    score = _cam.layer_score(graphdef, state, images, targets, "feat")
-    shape = _cam.map_shape(graphdef, state, images, "feat")
+    score = _cam.layer_score(model, images, targets, "feat")
+    shape = _cam.map_shape(model, images, "feat")
     n = int(np.prod(shape))
     basis = jnp.eye(n, dtype=jnp.float64).reshape(n, *shape)  # one image's element at a time
     steps = jnp.array([-2, -1, 0, 1, 2], jnp.float64) * h
@@ -297,8 +295,7 @@ def test_diagonal_derivatives_match_finite_differences():
     scale = np.abs(want).max()
     np.testing.assert_allclose(got, want, atol=1e-4 * scale)
   # The Hessian is not diagonal: H·1 (the all-ones direction) is not its diagonal.
-  graphdef, state = nnx.split(model)
-  score = _cam.layer_score(graphdef, state, x, t, "feat")
+  score = _cam.layer_score(model, x, t, "feat")
   ones = jnp.ones_like(a)
   h_ones = jax.jvp(lambda p: jax.grad(score, has_aux=True)(p)[0], (jnp.zeros_like(a),),
                    (ones,))[1]

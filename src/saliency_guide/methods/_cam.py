@@ -25,7 +25,9 @@ evaluated at the actual activations. (Initialising ``p`` with the activations
 themselves, a tempting mistake, evaluates the gradient at :math:`2A`; the tests
 catch it with a quadratic layer.) ``nnx.capture`` stores its buffers as
 attributes of the module, which NNX forbids across JAX trace levels, so the
-module is rebuilt with ``nnx.merge`` inside every transformed function.
+helpers take the module, split it with ``nnx.split`` and capture on a fresh copy
+rebuilt with ``nnx.merge`` inside every transformed function (the module passed
+in is never modified).
 
 **Upsampling.** With ``upsample=True`` the map is resized from the layer's
 :math:`h \times w` to the input's :math:`H \times W` by bilinear interpolation
@@ -108,17 +110,21 @@ def _captured(intermediates: nnx.State, layer: str) -> jax.Array:
 
 
 def feature_maps(
-    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, layer: str
+    model: nnx.Module, images: jax.Array, layer: str
 ) -> tuple[jax.Array, jax.Array]:
-  """The logits ``(B, classes)`` and the feature maps :math:`A` ``(B, h, w, K)`` of ``layer``."""
-  model = nnx.merge(graphdef, state)
-  logits, intermediates = nnx.capture(model, nnx.Intermediate)(images)
+  """The logits ``(B, classes)`` and the feature maps :math:`A` ``(B, h, w, K)`` of ``layer``.
+
+  The capture runs on a copy of ``model`` rebuilt at the current trace level, so
+  this works inside any JAX transformation and leaves ``model`` unmodified.
+  """
+  graphdef, state = nnx.split(model)
+  fresh = nnx.merge(graphdef, state)  # capture mutates the module: build it at this level
+  logits, intermediates = nnx.capture(fresh, nnx.Intermediate)(images)
   return logits, _captured(intermediates, layer)
 
 
 def layer_score(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
+    model: nnx.Module,
     images: jax.Array,
     targets: jax.Array,
     layer: str,
@@ -131,8 +137,11 @@ def layer_score(
   as auxiliary output. Derivatives of ``score`` at ``p = 0`` are derivatives of
   the logits with respect to :math:`A` at the actual activations. Images of a
   batch do not interact, so the gradient of the sum is the batch of per-image
-  gradients.
+  gradients. ``model`` is split here and a fresh copy is rebuilt inside every
+  call of ``score``, so ``score`` can be differentiated and nested in JAX
+  transformations; ``model`` itself is not modified.
   """
+  graphdef, state = nnx.split(model)
 
   def score(p: jax.Array) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state)  # capture mutates the module: build it at this level
@@ -144,9 +153,9 @@ def layer_score(
   return score
 
 
-def map_shape(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, layer: str):
+def map_shape(model: nnx.Module, images: jax.Array, layer: str) -> tuple[int, ...]:
   """Shape ``(B, h, w, K)`` of ``layer``'s feature maps, by abstract evaluation."""
-  return jax.eval_shape(lambda: feature_maps(graphdef, state, images, layer)[1]).shape
+  return jax.eval_shape(lambda: feature_maps(model, images, layer)[1]).shape
 
 
 def upsample_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -179,8 +188,7 @@ def chunk_size(items: int, elements_per_item: int) -> int:
 @functools.partial(jax.jit, static_argnames=("layer", "upsample"))
 def _cam(model, images, targets, layer, upsample):
   """Jitted core of :func:`cam`: the maps and the relative error of the GAP identity."""
-  graphdef, state = nnx.split(model)  # inside the trace: free at run time
-  logits, a = feature_maps(graphdef, state, images, layer)
+  logits, a = feature_maps(model, images, layer)
   head = model.head
   if head.in_features != a.shape[-1]:  # static shapes: raised while tracing
     raise ValueError(_no_cam_weights(model, layer, a.shape[-1]))
@@ -310,8 +318,7 @@ def cam(
 @functools.partial(jax.jit, static_argnames=("layer", "upsample", "relu"))
 def _score_cam(model, images, targets, layer, upsample, relu):
   """Jitted core of :func:`score_cam`."""
-  graphdef, state = nnx.split(model)  # inside the trace: free at run time
-  _, a = feature_maps(graphdef, state, images, layer)  # (B, h, w, K)
+  _, a = feature_maps(model, images, layer)  # (B, h, w, K)
   size = images.shape[1:3]
   # H^k = s(Up(A^k)): upsample, then min-max normalise each map to [0, 1];
   # a constant map has no highlighted region and becomes 0 (the baseline).
@@ -322,8 +329,7 @@ def _score_cam(model, images, targets, layer, upsample, relu):
   masks = jnp.where(span > 0, (up - low) / jnp.where(span > 0, span, 1.0), 0.0)
   masks = jnp.moveaxis(masks, -1, 0)  # (K, B, H, W): one mask per channel
 
-  def logit(x):
-    model = nnx.merge(graphdef, state)
+  def logit(x):  # a plain forward pass, no capture: the module is only read
     return jnp.take_along_axis(model(x), targets[:, None], axis=1)[:, 0]
 
   def masked_logit(mask):  # (B, H, W) -> (B,): f^c(X o H^k)

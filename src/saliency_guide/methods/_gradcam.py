@@ -78,10 +78,10 @@ DERIVATIVES = ("exact", "shortcut")
 # --------------------------------------------------------------------------- #
 
 
-def _grad_cam_sum(graphdef, state, images, targets, layer):
+def _grad_cam_sum(model, images, targets, layer):
   r""":math:`\sum_k \alpha^c_k A^k` with :math:`\alpha^c_k` the mean gradient, ``(B, h, w)``."""
-  score = layer_score(graphdef, state, images, targets, layer)
-  zero = jnp.zeros(map_shape(graphdef, state, images, layer))  # the gradient is taken at A
+  score = layer_score(model, images, targets, layer)
+  zero = jnp.zeros(map_shape(model, images, layer))  # the gradient is taken at A
   gradient, a = jax.grad(score, has_aux=True)(zero)
   alpha = gradient.mean(axis=(1, 2))  # (1/Z) sum_ij dy/dA^k_ij, (B, K)
   return weighted_sum(alpha, a)
@@ -90,8 +90,7 @@ def _grad_cam_sum(graphdef, state, images, targets, layer):
 @functools.partial(jax.jit, static_argnames=("layer", "upsample", "relu"))
 def _grad_cam(model, images, targets, layer, upsample, relu):
   """Jitted core of :func:`grad_cam`."""
-  graphdef, state = nnx.split(model)  # inside the trace: free at run time
-  maps = _grad_cam_sum(graphdef, state, images, targets, layer)
+  maps = _grad_cam_sum(model, images, targets, layer)
   return finish(maps, images.shape[1:3], relu=relu, upsample=upsample)
 
 
@@ -172,10 +171,9 @@ def grad_cam(
 @functools.partial(jax.jit, static_argnames=("layer",))
 def _guided_grad_cam(model, images, targets, layer):
   """Jitted core of :func:`guided_grad_cam`: both maps in one compiled call."""
-  graphdef, state = nnx.split(model)  # inside the trace: free at run time
-  coarse = finish(_grad_cam_sum(graphdef, state, images, targets, layer), images.shape[1:3],
+  coarse = finish(_grad_cam_sum(model, images, targets, layer), images.shape[1:3],
                   relu=True, upsample=True)
-  guided = with_relu_rule(nnx.merge(graphdef, state), guided_relu)
+  guided = with_relu_rule(model, guided_relu)  # a copy: model is not modified
   return logit_gradient(guided, images, targets) * coarse[..., None]
 
 
@@ -245,10 +243,15 @@ def guided_grad_cam(
 # --------------------------------------------------------------------------- #
 
 
-def _diagonals(graphdef, state, images, targets, layer, order):
-  """Gradient, maps, and (``order == 3``) the exact Hessian and third-derivative diagonals."""
-  score = layer_score(graphdef, state, images, targets, layer)
-  shape = map_shape(graphdef, state, images, layer)
+def _diagonals(model, images, targets, layer, order):
+  r"""The maps and the diagonal derivatives of the summed target logits with respect to them.
+
+  Returns ``(A, S', S'', S''')``, each ``(B, h, w, K)`` (see :func:`diagonal_derivatives`);
+  with ``order == 1`` only the maps and the gradient are computed and ``S''``,
+  ``S'''`` are ``None``.
+  """
+  score = layer_score(model, images, targets, layer)
+  shape = map_shape(model, images, layer)
   zero = jnp.zeros(shape)
   first, a = jax.grad(score, has_aux=True)(zero)
   if order == 1:
@@ -277,8 +280,7 @@ def _diagonals(graphdef, state, images, targets, layer, order):
 
 @functools.partial(jax.jit, static_argnames=("layer", "order"))
 def _diagonal_derivatives(model, images, targets, layer, order):
-  graphdef, state = nnx.split(model)  # inside the trace: free at run time
-  return _diagonals(graphdef, state, images, targets, layer, order)
+  return _diagonals(model, images, targets, layer, order)
 
 
 def diagonal_derivatives(
@@ -333,9 +335,8 @@ def diagonal_derivatives(
 @functools.partial(jax.jit, static_argnames=("layer", "upsample", "relu", "derivatives"))
 def _grad_cam_plus_plus(model, images, targets, layer, upsample, relu, derivatives):
   """Jitted core of :func:`grad_cam_plus_plus`."""
-  graphdef, state = nnx.split(model)  # inside the trace: free at run time
   exact = derivatives == "exact"
-  a, d1, d2, d3 = _diagonals(graphdef, state, images, targets, layer, 3 if exact else 1)
+  a, d1, d2, d3 = _diagonals(model, images, targets, layer, 3 if exact else 1)
   # Derivatives of Y = exp(S), divided by exp(S) (it cancels in alpha).
   second = d1**2 + d2 if exact else d1**2
   third = d1**3 + 3 * d1 * d2 + d3 if exact else d1**3
