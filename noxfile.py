@@ -114,5 +114,5 @@ def bench(session: nox.Session) -> None:
   """
   _install(session, "bench")
   session.run("python", "benchmarks/bench.py", *session.posargs)
-  # FLOPs per map and this CPU's matrix-product rate: how far 2x Captum is from the ceiling.
+  # Each model's convolutions timed alone (and re-expressed): how far 2x Captum is from them.
   session.run("python", "benchmarks/ceiling.py")
