@@ -54,6 +54,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from page_faults import KEEP_FREED_MEMORY
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
@@ -420,8 +422,11 @@ def memory_probe(args) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------
 
 
-def _run_child(argv: list[str], xla_flags: str, malloc: bool = False) -> list[dict[str, Any]]:
+def _run_child(argv: list[str], xla_flags: str, malloc: bool = False,
+               keep_freed_memory: bool = False) -> list[dict[str, Any]]:
   env = dict(os.environ)
+  if keep_freed_memory:  # both frameworks: see page_faults.py
+    env["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY
   env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), xla_flags) if f).strip()
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH", "")]))
   if malloc:  # freed memory goes back to the system at once: the RSS follows live memory
@@ -511,7 +516,8 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
       f"**Machine.** {info['cpu']}, {info['cores']} cores, {info['memory']} RAM, "
       f"{info['os']}; Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), "
       f"flax {info['flax']}, torch {info['torch']} ({info['torch_threads']} threads), "
-      f"captum {info['captum']}. **Load average** (1/5/15 min) before: "
+      f"captum {info['captum']}. **Allocator** (both frameworks): "
+      f"{record.get('allocator', 'glibc defaults')}. **Load average** (1/5/15 min) before: "
       f"{record['load_before']}; after: {record['load_after']}.",
       "",
       f"**Data.** {record.get('data', '')}; each image explained for its label. "
@@ -605,7 +611,8 @@ def driver(args) -> None:
   rows: list[dict[str, Any]] = []
   for mode in modes:
     rows += _run_child(["--worker", "--xla", mode, "--models", *args.models, "--batches",
-                        *map(str, args.batches), *common], XLA_MODES[mode])
+                        *map(str, args.batches), *common], XLA_MODES[mode],
+                       keep_freed_memory=args.keep_freed_memory)
   memory: list[dict[str, Any]] = []
   if not args.no_memory:
     probe_methods = list(dict.fromkeys(_mem_method(m) for m in args.methods))
@@ -628,6 +635,8 @@ def driver(args) -> None:
       **machine(), "started_utc": started, "finished_utc": finished,
       "load_before": load_before, "load_after": _load(),
       "command": " ".join(["python benchmarks/bench.py", *args.argv]),
+      "allocator": (f"GLIBC_TUNABLES={KEEP_FREED_MEMORY}" if args.keep_freed_memory
+                    else "glibc defaults"),
       "data": "; ".join(sources),
   }
   name = args.name or "_last"
@@ -661,6 +670,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--smoke", action="store_true",
                  help="batch 2, few methods, untrained models: checks that everything runs")
   p.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+  p.add_argument("--keep-freed-memory", action="store_true",
+                 help=f"time both frameworks with GLIBC_TUNABLES={KEEP_FREED_MEMORY} "
+                 "(freed memory stays in the process: fewer page faults; see "
+                 "benchmarks/page_faults.py)")
   p.add_argument("--markdown-only", action="store_true",
                  help="only rewrite results/<name>.md from its .csv and .machine.json")
   p.add_argument("--quick", action="store_true",
