@@ -29,7 +29,11 @@ Captum. The XLA flag ``--xla_cpu_experimental_ynn_fusion_type=`` (XLA's own
 multi-threaded convolutions, see the README) is process-wide, so each setting runs
 in its own worker process: ``--xla default`` (no flags: JAX as installed, what the
 package does; the default), ``--xla fast-conv`` (the documented opt-in) or
-``--xla both``.
+``--xla both``. ``--xla device-per-core`` (another documented opt-in) makes XLA
+present each CPU core as a device (``--xla_force_host_platform_device_count``) and
+splits every batch over them with a ``NamedSharding``, as
+:func:`saliency_guide.explain_dataset` does (batches the device count does not divide
+run on one device); ``--xla all`` runs the three settings.
 
 Results: ``benchmarks/results/<name>.csv`` and ``<name>.md`` (``--name``, default
 ``cpu``), with the machine, the versions, the load average and the date.
@@ -59,7 +63,10 @@ from page_faults import KEEP_FREED_MEMORY
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-XLA_MODES = {"default": "", "fast-conv": FAST_CONV_FLAG}
+DEVICE_PER_CORE_FLAG = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
+XLA_MODES = {"default": "", "fast-conv": FAST_CONV_FLAG, "device-per-core": DEVICE_PER_CORE_FLAG}
+SHARDED_MODES = ("device-per-core",)  # modes whose batches are split over all devices
+XLA_CHOICES = {"both": ("default", "fast-conv"), "all": tuple(XLA_MODES)}
 MODELS = ("cnn", "gap_cnn")
 BATCHES = (1, 32, 256)
 QUADRATURES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
@@ -319,8 +326,23 @@ def check_logits(jax_model, torch_model, images) -> float:
   return error
 
 
-def worker(args) -> list[dict[str, Any]]:
+def device_arrays(images_np, labels_np, xla: str):
+  """``(images, targets, devices)`` as JAX arrays: split along the batch over every
+  device in the sharded modes (when the device count divides the batch), else on one."""
+  import jax
   import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  devices = jax.devices()
+  if xla not in SHARDED_MODES or len(images_np) % len(devices):
+    return jnp.asarray(images_np), jnp.asarray(labels_np), 1
+  sharding = NamedSharding(Mesh(np.asarray(devices), ("batch",)), PartitionSpec("batch"))
+  return (jax.device_put(images_np, sharding), jax.device_put(labels_np, sharding),
+          len(devices))
+
+
+def worker(args) -> list[dict[str, Any]]:
   import numpy as np
   import torch
   from torch_models import from_flax, to_nchw, to_nhwc
@@ -328,7 +350,7 @@ def worker(args) -> list[dict[str, Any]]:
   rows = []
   for batch in args.batches:
     models, images_np, labels_np, source = load_data(batch, args.smoke)
-    images, targets = jnp.asarray(images_np), jnp.asarray(labels_np)
+    images, targets, devices = device_arrays(images_np, labels_np, args.xla)
     images_t, targets_t = to_nchw(images_np), torch.from_numpy(labels_np.astype(np.int64))
     for model_name in args.models:
       model = models[model_name]
@@ -351,7 +373,7 @@ def worker(args) -> list[dict[str, Any]]:
           theirs = theirs[..., 0]
         rel_l2, max_rel = differences(mine, theirs.reshape(mine.shape))
         row = dict(
-            xla=args.xla, model=model_name, method=method, batch=batch,
+            xla=args.xla, model=model_name, method=method, batch=batch, devices=devices,
             ours_maps_per_s=batch / timings["ours"].median_s,
             captum_maps_per_s=batch / timings["captum"].median_s,
             speedup=timings["captum"].median_s / timings["ours"].median_s,
@@ -389,7 +411,6 @@ def ours_smoothgrad_other_seed(model, images, targets):
 
 def memory_probe(args) -> list[dict[str, Any]]:
   """Peak resident-set growth of one warm call per method (one framework, model, batch)."""
-  import jax.numpy as jnp
   import numpy as np
   import torch
   from torch_models import from_flax, to_nchw
@@ -398,8 +419,8 @@ def memory_probe(args) -> list[dict[str, Any]]:
   models, images_np, labels_np, _ = load_data(batch, args.smoke)
   model = models[model_name]
   if args.framework == "ours":
-    make = lambda method: ours(method, model, jnp.asarray(images_np),  # noqa: E731
-                               jnp.asarray(labels_np))
+    images, targets, _ = device_arrays(images_np, labels_np, args.xla)
+    make = lambda method: ours(method, model, images, targets)  # noqa: E731
   else:
     torch_model = from_flax(model)
     make = lambda method: captum(method, torch_model, to_nchw(images_np),  # noqa: E731
@@ -525,8 +546,9 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
       f"sides (Captum's `internal_batch_size`; at least 2 × batch for Captum, its minimum). "
       f"SmoothGrad: {SG_SAMPLES} samples, noise {SG_NOISE} (Captum `stdevs`), "
       f"{PASS_IMAGES} noisy images per pass on both sides. Grad-CAM on the last conv layer, "
-      "upsampled bilinearly on both sides. Peak memory probed with the first XLA setting "
-      "listed below.",
+      "upsampled bilinearly on both sides. Peak memory probed with the "
+      + (f"{record['memory_setting']} setting." if "memory_setting" in record
+         else "first XLA setting listed below."),
       "",
       "**Columns.** *maps/s*: batch / median time of ≥ 5 warm calls, the two frameworks' "
       "calls interleaved. *×*: Captum's median time / ours (> 1: we are faster). *first "
@@ -544,6 +566,12 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
     flag = XLA_MODES[xla]
     lines += [f"### XLA: {xla}" + (f" (`XLA_FLAGS={flag}`)" if flag else " (no XLA flags)"),
               ""]
+    if xla in SHARDED_MODES:
+      split = sorted({r["batch"] for r in rows if r["xla"] == xla and r.get("devices", 1) > 1})
+      count = max(r.get("devices", 1) for r in rows if r["xla"] == xla)
+      lines += [f"Each CPU core is a JAX device; batches of {', '.join(map(str, split)) or 'no'} "
+                f"images were split over the {count} devices (`NamedSharding` along the batch, as "
+                "`explain_dataset` does), the others ran on one device.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
       subset = [r for r in rows if r["xla"] == xla and r["model"] == model]
       if not subset:
@@ -607,7 +635,7 @@ def driver(args) -> None:
   common = ["--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
             "--max-repeats", str(args.max_repeats), "--methods", *args.methods,
             *(["--smoke"] if args.smoke else []), *(["--quick"] if args.quick else [])]
-  modes = list(XLA_MODES) if args.xla == "both" else [args.xla]
+  modes = list(dict.fromkeys(m for x in args.xla for m in XLA_CHOICES.get(x, (x,))))
   rows: list[dict[str, Any]] = []
   for mode in modes:
     rows += _run_child(["--worker", "--xla", mode, "--models", *args.models, "--batches",
@@ -621,8 +649,9 @@ def driver(args) -> None:
         for batch in args.batches:
           print(f"[memory] {framework} {model} batch {batch}", file=sys.stderr, flush=True)
           memory += _run_child(
-              ["--memory-probe", framework, "--models", model, "--batches", str(batch),
-               "--methods", *probe_methods, *(["--smoke"] if args.smoke else [])],
+              ["--memory-probe", framework, "--xla", modes[0], "--models", model,
+               "--batches", str(batch), "--methods", *probe_methods,
+               *(["--smoke"] if args.smoke else [])],
               XLA_MODES[modes[0]], malloc=True)
   finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
   mem = {(r["framework"], r["model"], r["batch"], r["method"]): r["peak_mb"] for r in memory}
@@ -638,6 +667,7 @@ def driver(args) -> None:
       "allocator": (f"GLIBC_TUNABLES={KEEP_FREED_MEMORY}" if args.keep_freed_memory
                     else "glibc defaults"),
       "data": "; ".join(sources),
+      "memory_setting": modes[0],
   }
   name = args.name or "_last"
   RESULTS.mkdir(exist_ok=True)
@@ -660,9 +690,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
   p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-  p.add_argument("--xla", default="default", choices=[*XLA_MODES, "both"],
-                 help="'default': no XLA flags (what the package does); 'fast-conv': the "
-                 "opt-in flag of the README; 'both': one run each")
+  p.add_argument("--xla", nargs="+", default=["default"], choices=[*XLA_MODES, *XLA_CHOICES],
+                 help="'default': no XLA flags (what the package does); 'fast-conv' and "
+                 "'device-per-core': the opt-in flags of the README (the latter also splits "
+                 "each batch over the devices); 'both': default and fast-conv; 'all': all "
+                 "three; several may be given, each runs in its own process")
   p.add_argument("--repeats", type=int, default=5, help="at least this many timed calls")
   p.add_argument("--min-seconds", type=float, default=2.0,
                  help="keep timing (up to --max-repeats) until both sides used this long")
@@ -686,6 +718,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                  help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   args.argv = argv
+  if args.worker or args.framework:  # a child process runs exactly one setting
+    (args.xla,) = args.xla
   if args.smoke and not args.worker and args.framework is None:
     args.batches = [2]
     if args.models == list(MODELS):

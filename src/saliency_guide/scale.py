@@ -127,6 +127,14 @@ def explain_dataset(
   the result is gathered on every process
   (``jax.experimental.multihost_utils.process_allgather``).
 
+  **One CPU, several cores.** XLA:CPU shows a whole CPU as one device, and its
+  default convolution kernels run on one thread. Started with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (N = the number of
+  cores; set before JAX starts: it is process-wide, and the package never sets
+  it), JAX lists N CPU devices, the default mesh spans them, and each batch runs
+  as N concurrent programs, one per core, with the same maps. The Performance
+  page measures what this gains (``benchmarks/device_per_core.py``).
+
   Args:
     method: a saliency method ``method(model, images, targets, **options)``
       from :mod:`saliency_guide.methods` (or a ``smoothgrad(...)`` wrapper),
