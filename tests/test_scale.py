@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import jax
@@ -14,7 +15,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from saliency_guide.methods import gradients, integrated_gradients
+from saliency_guide.methods import (
+    grad_cam,
+    gradients,
+    guided_backprop,
+    integrated_gradients,
+    smoothgrad,
+)
 from saliency_guide.models import CNN
 from saliency_guide.scale import explain_dataset
 
@@ -210,3 +217,59 @@ def test_sharded_over_four_cpu_devices_equals_one_device():
   assert len(report) == 4
   for key, error in report.items():  # same maps, to float32 rounding
     assert error <= 1e-6, (key, error)
+
+
+class ThreadRecorder(Recorder):
+  """A :class:`Recorder` that also notes the thread of each call."""
+
+  def __init__(self):
+    super().__init__()
+    self.threads = set()
+
+  def __call__(self, model, images, targets):
+    self.threads.add(threading.get_ident())
+    return super().__call__(model, images, targets)
+
+
+def test_workers_call_from_their_own_threads_and_keep_the_order(model, data):
+  images, targets = data
+  recorder = ThreadRecorder()
+  out = explain_dataset(recorder, model, images, targets, batch_size=2, workers=3)
+  expected = images * (targets[:, None, None, None] + 1).astype(np.float32)
+  np.testing.assert_array_equal(out, expected)
+  assert threading.get_ident() not in recorder.threads  # the caller's thread waits
+  assert 2 <= len(recorder.threads) <= 3
+  assert recorder.traces == 1  # the padded last batch too: one shape, one compilation
+
+
+@pytest.mark.parametrize(
+    "method",
+    [gradients, guided_backprop, grad_cam,
+     smoothgrad(gradients, noise_level=0.1, samples=3, key=jax.random.key(0))],
+    ids=["gradients", "guided_backprop", "grad_cam", "smoothgrad"],
+)
+def test_workers_give_exactly_the_maps_of_one_at_a_time(model, data, method):
+  images, targets = data
+  one = explain_dataset(method, model, images, targets, batch_size=4)
+  several = explain_dataset(method, model, images, targets, batch_size=4, workers=2)
+  np.testing.assert_array_equal(several, one)  # the same programs on the same batches
+
+
+def test_an_error_in_a_worker_reaches_the_caller(model, data):
+  images, targets = data
+  bad = images.copy()
+  bad[9, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    explain_dataset(gradients, model, bad, targets, batch_size=2, workers=2)
+
+
+@pytest.mark.parametrize(
+    ("workers", "error", "match"),
+    [(0, ValueError, "workers: expected a positive integer, got 0"),
+     (2.0, TypeError, "workers: expected a positive integer, got float 2.0"),
+     (True, TypeError, "workers: expected a positive integer, got bool True")],
+)
+def test_bad_workers(model, data, workers, error, match):
+  images, targets = data
+  with pytest.raises(error, match=match):
+    explain_dataset(gradients, model, images, targets, batch_size=4, workers=workers)

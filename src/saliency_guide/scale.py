@@ -11,8 +11,11 @@ treats the images of a batch independently.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 from collections.abc import Callable
+from concurrent import futures
 from typing import Any
 
 import jax
@@ -26,13 +29,13 @@ __all__ = ["explain_dataset"]
 PROGRESS_MIN_BATCHES = 8
 
 
-def _check_batch_size(batch_size: Any) -> int:
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-    raise TypeError(f"batch_size: expected a positive integer, got {type(batch_size).__name__} "
-                    f"{batch_size!r}")
-  if batch_size < 1:
-    raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
-  return int(batch_size)
+def _check_positive_int(name: str, value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__} "
+                    f"{value!r}")
+  if value < 1:
+    raise ValueError(f"{name}: expected a positive integer, got {value}")
+  return int(value)
 
 
 def _check_arrays(images: Any, targets: Any) -> tuple[Any, Any]:
@@ -98,6 +101,7 @@ def explain_dataset(
     *,
     batch_size: int,
     mesh: Mesh | None = None,
+    workers: int = 1,
     progress: bool | None = None,
     **options: Any,
 ) -> Any:
@@ -128,12 +132,14 @@ def explain_dataset(
   (``jax.experimental.multihost_utils.process_allgather``).
 
   **One CPU, several cores.** XLA:CPU shows a whole CPU as one device, and its
-  default convolution kernels run on one thread. Started with
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (N = the number of
-  cores; set before JAX starts: it is process-wide, and the package never sets
-  it), JAX lists N CPU devices, the default mesh spans them, and each batch runs
-  as N concurrent programs, one per core, with the same maps. The Performance
-  page measures what this gains (``benchmarks/device_per_core.py``).
+  default convolution kernels run on one thread, so one call at a time leaves
+  the other cores mostly idle. Two ways to fill them, both measured on the
+  Performance page: ``workers=N`` (N = the number of cores) computes N batches at
+  once, each called from its own thread (XLA:CPU runs calls from different
+  threads concurrently), with exactly the maps of ``workers=1``; or start Python
+  with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (process-wide, set
+  before JAX starts; the package never sets it): JAX then lists N CPU devices,
+  the default mesh spans them, and each batch is split over the cores.
 
   Args:
     method: a saliency method ``method(model, images, targets, **options)``
@@ -149,6 +155,10 @@ def explain_dataset(
       every call (measured on the Performance page).
     mesh: a 1-D :class:`jax.sharding.Mesh`; default: all of ``jax.devices()``
       on an axis named ``"batch"``.
+    workers: how many batches to compute at once, each in its own thread
+      (default 1: one at a time, the next dispatched while the previous is copied
+      back). More than 1 pays on a CPU (see above; memory grows with it: each
+      batch in flight holds its own buffers); single-process runs only.
     progress: show a ``tqdm`` progress bar; default: when there are at least
       :data:`PROGRESS_MIN_BATCHES` batches.
     **options: passed to ``method`` (e.g. ``steps=64, method="riemann_left"`` for
@@ -161,7 +171,8 @@ def explain_dataset(
 
   Raises:
     TypeError, ValueError: bad ``method``, ``images``, ``targets``,
-      ``batch_size`` or ``mesh``; the method itself validates each batch.
+      ``batch_size``, ``mesh`` or ``workers`` (more than 1 with several
+      processes); the method itself validates each batch.
 
   Example:
     >>> import numpy as np
@@ -181,7 +192,12 @@ def explain_dataset(
     raise TypeError(f"method: expected a saliency method method(model, images, targets, "
                     f"**options), got {type(method).__name__}")
   images, targets = _check_arrays(images, targets)
-  batch_size = _check_batch_size(batch_size)
+  batch_size = _check_positive_int("batch_size", batch_size)
+  workers = _check_positive_int("workers", workers)
+  if workers > 1 and jax.process_count() > 1:
+    # Each process must launch the same programs in the same order.
+    raise ValueError(f"workers: expected 1 when running on {jax.process_count()} processes, "
+                     f"got {workers}")
   mesh = _check_mesh(mesh)
   if progress is not None and not isinstance(progress, bool):
     raise TypeError(f"progress: expected True, False or None, got {progress!r}")
@@ -207,7 +223,6 @@ def explain_dataset(
     bar = tqdm(total=n, desc=getattr(method, "__name__", "explain_dataset"), unit="image")
 
   outputs: Any = None
-  pending: tuple[int, int, Any] | None = None
 
   def collect(start: int, count: int, result: Any) -> None:
     nonlocal outputs
@@ -219,20 +234,38 @@ def explain_dataset(
     if bar is not None:
       bar.update(count)
 
+  def call(x: np.ndarray, t: np.ndarray) -> Any:
+    return method(model, _global_array(x, data_sharding), _global_array(t, data_sharding),
+                  **options)
+
+  # Batches in flight, oldest first: (start, count, result or Future). One more than
+  # ``workers``, so that a batch is always computing while the oldest is copied back.
+  in_flight: collections.deque[tuple[int, int, Any]] = collections.deque()
+
+  def collect_oldest() -> None:
+    start, count, job = in_flight.popleft()
+    collect(start, count, job.result() if isinstance(job, futures.Future) else job)
+
   try:
-    for start in starts:
-      x = _canonical(np.asarray(images[start:start + per_call]))
-      t = _canonical(np.asarray(targets[start:start + per_call]))
-      count = x.shape[0]
-      if count < per_call:  # pad the last batch by repeating its last image
-        x = np.concatenate([x, np.repeat(x[-1:], per_call - count, axis=0)])
-        t = np.concatenate([t, np.repeat(t[-1:], per_call - count, axis=0)])
-      result = method(model, _global_array(x, data_sharding), _global_array(t, data_sharding),
-                      **options)
-      if pending is not None:
-        collect(*pending)
-      pending = (start, count, result)
-    collect(*pending)
+    with contextlib.ExitStack() as stack:
+      pool = (stack.enter_context(futures.ThreadPoolExecutor(workers, "explain_dataset"))
+              if workers > 1 else None)
+      for start in starts:
+        x = _canonical(np.asarray(images[start:start + per_call]))
+        t = _canonical(np.asarray(targets[start:start + per_call]))
+        count = x.shape[0]
+        if count < per_call:  # pad the last batch by repeating its last image
+          x = np.concatenate([x, np.repeat(x[-1:], per_call - count, axis=0)])
+          t = np.concatenate([t, np.repeat(t[-1:], per_call - count, axis=0)])
+        if pool is None:
+          job = call(x, t)  # dispatched asynchronously
+        else:  # a worker thread waits for its batch: XLA:CPU runs the threads' calls at once
+          job = pool.submit(lambda x=x, t=t: jax.block_until_ready(call(x, t)))
+        in_flight.append((start, count, job))
+        if len(in_flight) > workers:
+          collect_oldest()
+      while in_flight:
+        collect_oldest()
   finally:
     if bar is not None:
       bar.close()
