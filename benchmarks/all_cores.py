@@ -160,31 +160,33 @@ def measure() -> dict[str, Results]:
   return results
 
 
+def _table(results: Results, header: str, row) -> str:
+  """One line per model and method: their names, then ``row(numbers)``."""
+  return "\n".join([f"{'model':7s} {'method':16s} {header}",
+                    *(f"{model:7s} {method:16s} {row(r)}"
+                      for model, by_method in results.items() for method, r in by_method.items())])
+
+
 def split_table(results: Results) -> str:
   """The one-device-per-core results as a text table."""
-  lines = [f"{'model':7s} {'method':16s} {'one device ms':>14s} {'split ms':>9s} {'×':>5s} "
-           f"{'cores busy':>11s} {'page faults/call':>17s} {'max rel. diff':>14s}"]
-  for model, by_method in results.items():
-    for method, r in by_method.items():
-      lines.append(
-          f"{model:7s} {method:16s} {r['one device_ms']:14.1f} {r['split_ms']:9.1f} "
-          f"{r['one device_ms'] / r['split_ms']:5.2f} "
-          f"{r['one device_cores']:5.1f} → {r['split_cores']:<3.1f} "
-          f"{r['one device_faults']:7,.0f} → {r['split_faults']:<7,.0f} "
-          f"{r['max_rel_difference']:14.1e}")
-  return "\n".join(lines)
+  return _table(
+      results,
+      f"{'one device ms':>14s} {'split ms':>9s} {'×':>5s} {'cores busy':>11s} "
+      f"{'page faults/call':>17s} {'max rel. diff':>14s}",
+      lambda r: f"{r['one device_ms']:14.1f} {r['split_ms']:9.1f} "
+                f"{r['one device_ms'] / r['split_ms']:5.2f} "
+                f"{r['one device_cores']:5.1f} → {r['split_cores']:<3.1f} "
+                f"{r['one device_faults']:7,.0f} → {r['split_faults']:<7,.0f} "
+                f"{r['max_rel_difference']:14.1e}")
 
 
 def workers_table(results: Results) -> str:
   """The ``workers`` results as a text table."""
-  lines = [f"{'model':7s} {'method':16s} {'workers=1 ms':>13s} {f'workers={DEVICES} ms':>13s} "
-           f"{'×':>5s} {'same maps':>10s}"]
-  for model, by_method in results.items():
-    for method, r in by_method.items():
-      lines.append(
-          f"{model:7s} {method:16s} {r['one at a time_ms']:13.0f} {r['workers_ms']:13.0f} "
-          f"{r['one at a time_ms'] / r['workers_ms']:5.2f} {bool(r['same_maps'])!s:>10s}")
-  return "\n".join(lines)
+  return _table(
+      results,
+      f"{'workers=1 ms':>13s} {f'workers={DEVICES} ms':>13s} {'×':>5s} {'same maps':>10s}",
+      lambda r: f"{r['one at a time_ms']:13.0f} {r['workers_ms']:13.0f} "
+                f"{r['one at a time_ms'] / r['workers_ms']:5.2f} {bool(r['same_maps'])!s:>10s}")
 
 
 def report(results: dict[str, Results]) -> str:
