@@ -198,6 +198,11 @@ FOUR_DEVICES = textwrap.dedent(
       single = explain_dataset(method, model, images, targets, batch_size=batch_size,
                                mesh=one, **options)
       report[key] = float(np.abs(sharded - single).max() / np.abs(single).max())
+    # several batches in flight at once, each split over the four devices
+    sharded = explain_dataset(gradients, cnn, images, targets, batch_size=4, workers=2)
+    single = explain_dataset(gradients, cnn, images, targets, batch_size=4, mesh=one)
+    report["cnn/gradients/4/workers=2"] = float(np.abs(sharded - single).max()
+                                                / np.abs(single).max())
     report["devices_seen"] = seen[0]
     print(json.dumps(report))
     """
@@ -214,7 +219,7 @@ def test_sharded_over_four_cpu_devices_equals_one_device():
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report.pop("devices_seen") == [0, 1, 2, 3]  # each batch really was split over 4
-  assert len(report) == 4
+  assert len(report) == 5
   for key, error in report.items():  # same maps, to float32 rounding
     assert error <= 1e-6, (key, error)
 
