@@ -82,18 +82,16 @@ def _split_over_devices() -> Results:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bench import interleaved
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  from bench import device_arrays, interleaved
 
   devices = jax.devices()
   if len(devices) != DEVICES:
     raise RuntimeError(f"expected {DEVICES} devices (XLA_FLAGS={DEVICE_PER_CORE_FLAG}), "
                        f"got {devices}")
-  split = NamedSharding(Mesh(np.asarray(devices), ("batch",)), PartitionSpec("batch"))
-  images = jax.random.uniform(jax.random.key(0), (BATCH, 28, 28, 1))
-  targets = jnp.arange(BATCH, dtype=jnp.int32) % 10
-  layouts = {"one device": (images, targets),
-             "split": (jax.device_put(images, split), jax.device_put(targets, split))}
+  images = np.random.default_rng(0).uniform(size=(BATCH, 28, 28, 1)).astype(np.float32)
+  targets = (np.arange(BATCH) % 10).astype(np.int32)
+  layouts = {"one device": device_arrays(images, targets, "default")[:2],
+             "split": device_arrays(images, targets, "device-per-core")[:2]}  # as bench.py
   out: Results = {}
   for model_name, model, method_name, method in _models_and_methods():
     calls = {layout: (lambda x=x, t=t, method=method, model=model:
