@@ -36,9 +36,10 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+from page_faults import run_in_fresh_process
 
 BATCH = 256
 CALLS = 15
@@ -145,17 +146,8 @@ SETTINGS = {"one device per core": (DEVICE_PER_CORE_FLAG, _split_over_devices),
 
 def measure() -> dict[str, Results]:
   """``{setting: results}``, each setting in a fresh process with only its XLA flag."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  results = {}
-  for setting, (flags, _) in SETTINGS.items():
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
-    env["XLA_FLAGS"] = flags
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, __file__, "--worker", setting], env=env,
-                          check=True, capture_output=True, text=True)
-    results[setting] = json.loads(done.stdout.strip().splitlines()[-1])
-  return results
+  return {setting: run_in_fresh_process(__file__, ["--worker", setting], xla_flags=flags)
+          for setting, (flags, _) in SETTINGS.items()}
 
 
 def _table(results: Results, header: str, row) -> str:

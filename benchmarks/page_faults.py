@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 BATCH = 256
 CALLS = 15
@@ -86,15 +87,29 @@ def measure() -> dict[str, dict[str, dict[str, float]]]:
 
   "Per call" means per ``BATCH`` maps (two calls for the chunked setting).
   """
-  results = {}
-  for setting, (tunables, chunk) in SETTINGS.items():
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
-    if tunables:
-      env["GLIBC_TUNABLES"] = tunables
-    done = subprocess.run([sys.executable, __file__, "--worker", str(chunk)], env=env,
-                          check=True, capture_output=True, text=True)
-    results[setting] = json.loads(done.stdout.strip().splitlines()[-1])
-  return results
+  return {setting: run_in_fresh_process(__file__, ["--worker", str(chunk)],
+                                       glibc_tunables=tunables)
+          for setting, (tunables, chunk) in SETTINGS.items()}
+
+
+def run_in_fresh_process(script: str, args: list[str], *, xla_flags: str = "",
+                         glibc_tunables: str | None = None) -> Any:
+  """Run ``python script *args`` on the CPU with only the given process-wide settings.
+
+  ``XLA_FLAGS`` and ``GLIBC_TUNABLES`` are replaced (not added to), so each measurement
+  sees its own setting alone; the benchmarks folder is on the child's ``sys.path``.
+  Returns the last line of its standard output, parsed as JSON.
+  """
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
+  env["XLA_FLAGS"] = xla_flags
+  if glibc_tunables:
+    env["GLIBC_TUNABLES"] = glibc_tunables
+  env["JAX_PLATFORMS"] = "cpu"
+  here = os.path.dirname(os.path.abspath(__file__))
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+  done = subprocess.run([sys.executable, script, *args], env=env, check=True,
+                        capture_output=True, text=True)
+  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
