@@ -229,10 +229,15 @@ def conv_one_channel(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   .. math:: y_{b,p,q,o} = \sum_{i,j} x_{b,\,p+i-r,\,q+j-r}\, k_{i,j,0,o}.
 
-  The forward pass is one fused elementwise loop; the gradient is that of the
-  im2col form (patches × the ``(K·K, O)`` kernel): a matrix product and shifted
-  adds. Both equal ``lax.conv_general_dilated`` and its autodiff to float32
-  rounding.
+  Called without differentiation (logits, deletion curves, the completeness
+  check of Integrated Gradients) it is ``lax.conv_general_dilated``, which
+  XLA:CPU takes whole into its fused convolution kernels. Under differentiation
+  the forward pass is 9 shifted multiply-adds, which XLA fuses with the ReLU and
+  pooling that follow, and the gradient is that of the im2col form (patches ×
+  the ``(K·K, O)`` kernel): a matrix product and shifted adds. (The shifted form
+  in a forward-only program is the slow one: XLA:CPU then materialises each of
+  the 9 shifted views and kernel rows as its own compiled kernel.) All of these
+  equal ``lax.conv_general_dilated`` and its autodiff to float32 rounding.
 
   Args:
     x: ``(B, H, W, 1)``.
@@ -250,7 +255,7 @@ def conv_one_channel(x: jax.Array, kernel: jax.Array) -> jax.Array:
     >>> bool(jnp.allclose(conv_one_channel(x, k), plain, rtol=1e-5, atol=1e-5))
     True
   """
-  return _one_channel_shifts(x, kernel)
+  return _plain_conv(x, kernel)
 
 
 def _one_channel_shifts(x: jax.Array, kernel: jax.Array) -> jax.Array:
