@@ -3,7 +3,7 @@
 A gradient map is one forward and one input-gradient pass, and on the site's
 models nearly all of its arithmetic is convolution. This script times each of a
 model's convolutions by itself, forward and input gradient, exactly as the package
-runs them (:func:`saliency_guide.layers.conv_same` /
+runs them in a gradient map (:func:`saliency_guide.layers.conv_same` /
 :func:`~saliency_guide.layers.conv_one_channel`, batch 256), under both XLA
 settings (no flags, and the documented opt-in
 ``--xla_cpu_experimental_ynn_fusion_type=``), each in its own process. The sum at
@@ -145,7 +145,9 @@ def _worker() -> dict:
       x = jax.random.uniform(key, (BATCH, h, w, kernel.shape[2]), jnp.float32)
       g = jax.random.normal(key, (BATCH, h, w, kernel.shape[3]), jnp.float32)
       conv = layers.conv_one_channel if kernel.shape[2] == 1 else layers.conv_same
-      forward = jax.jit(conv)
+      # The forward pass as a gradient map runs it: the primal half of jax.vjp (for
+      # conv_one_channel that is its forward rule, not the plain call's convolution).
+      forward = jax.jit(lambda x, k, conv=conv: jax.vjp(lambda x: conv(x, k), x)[0])
       input_grad = jax.jit(lambda x, k, g, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
       calls[f"{layer} forward"] = (forward, (x, kernel))
       calls[f"{layer} input gradient"] = (input_grad, (x, kernel, g))
