@@ -231,13 +231,14 @@ def conv_one_channel(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   Called without differentiation (logits, deletion curves, the completeness
   check of Integrated Gradients) it is ``lax.conv_general_dilated``, which
-  XLA:CPU takes whole into its fused convolution kernels. Under differentiation
-  the forward pass is 9 shifted multiply-adds, which XLA fuses with the ReLU and
-  pooling that follow, and the gradient is that of the im2col form (patches ×
-  the ``(K·K, O)`` kernel): a matrix product and shifted adds. (The shifted form
-  in a forward-only program is the slow one: XLA:CPU then materialises each of
-  the 9 shifted views and kernel rows as its own compiled kernel.) All of these
-  equal ``lax.conv_general_dilated`` and its autodiff to float32 rounding.
+  XLA:CPU (without XLA flags) takes whole into its fused convolution kernels.
+  Under differentiation the forward pass is 9 shifted multiply-adds, which XLA
+  fuses with the ReLU and pooling that follow, and the gradient is that of the
+  im2col form (patches × the ``(K·K, O)`` kernel): a matrix product and shifted
+  adds. (The shifted form in a forward-only program is the slow one there:
+  XLA:CPU then compiles each of the 9 shifted views and kernel rows as a kernel
+  of its own; ``benchmarks/first_conv.py`` measures both.) All of these equal
+  ``lax.conv_general_dilated`` and its autodiff to float32 rounding.
 
   Args:
     x: ``(B, H, W, 1)``.
