@@ -39,6 +39,7 @@ import resource
 import sys
 import time
 
+from bench import DEVICE_PER_CORE_FLAG, FAST_CONV_FLAG
 from page_faults import run_in_fresh_process
 
 BATCH = 256
@@ -46,8 +47,6 @@ CALLS = 15
 METHODS = ("gradients", "guided_backprop")
 MODELS = ("CNN", "GapCNN")
 DEVICES = os.cpu_count() or 1
-DEVICE_PER_CORE_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
-FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 DATASET = 512  # digits explained by explain_dataset
 DATASET_BATCH = 128
 DATASET_RUNS = 9

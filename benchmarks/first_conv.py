@@ -26,12 +26,12 @@ import json
 import sys
 import time
 
-from bench import FAST_CONV_FLAG
+from bench import XLA_MODES
 from page_faults import run_in_fresh_process
 
 BATCH = 256
 CALLS = 30
-SETTINGS = {"no flags": "", "fast-conv flag": FAST_CONV_FLAG}
+SETTINGS = ("default", "fast-conv")  # bench.py's names: no XLA flags, the fast-conv flag
 FORMS = ("plain", "shifted")
 # Results: {model: {form: {"compile_s", "kernels", "ms"}, "max_difference": float}}
 Results = dict[str, dict]
@@ -89,20 +89,20 @@ def _worker() -> Results:
 
 def measure() -> dict[str, Results]:
   """``{setting: results}``, each setting in a fresh process with only its XLA flag."""
-  return {setting: run_in_fresh_process(__file__, ["--worker"], xla_flags=flags)
-          for setting, flags in SETTINGS.items()}
+  return {setting: run_in_fresh_process(__file__, ["--worker"], xla_flags=XLA_MODES[setting])
+          for setting in SETTINGS}
 
 
 def report(results: dict[str, Results]) -> str:
   """All of :func:`measure`'s results as a text table."""
   lines = [f"logits of {BATCH} digits; median of {CALLS} interleaved calls",
-           f"{'setting':15s} {'model':7s} {'form':8s} {'compile s':>9s} {'kernels':>8s} "
+           f"{'setting':10s} {'model':7s} {'form':8s} {'compile s':>9s} {'kernels':>8s} "
            f"{'ms/call':>8s}"]
   for setting, by_model in results.items():
     for model, r in by_model.items():
-      lines += [f"{setting:15s} {model:7s} {form:8s} {r[form]['compile_s']:9.2f} "
+      lines += [f"{setting:10s} {model:7s} {form:8s} {r[form]['compile_s']:9.2f} "
                 f"{r[form]['kernels']:8d} {r[form]['ms']:8.1f}" for form in FORMS]
-      lines.append(f"{setting:15s} {model:7s} largest difference {r['max_difference']:.1e}")
+      lines.append(f"{setting:10s} {model:7s} largest difference {r['max_difference']:.1e}")
   return "\n".join(lines)
 
 
