@@ -120,8 +120,8 @@ def test_progress_bar(model, data, capsys):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"batch_size": 0}, ValueError, "batch_size: expected a positive integer, got 0"),
-        ({"batch_size": 2.0}, TypeError, "batch_size: expected a positive integer"),
+        ({"batch_size": 0}, ValueError, "batch_size: expected an integer >= 1, got 0"),
+        ({"batch_size": 2.0}, TypeError, "batch_size: expected an integer >= 1"),
         ({"batch_size": 2, "mesh": "cpu"}, TypeError, "mesh: expected a jax.sharding.Mesh"),
         ({"batch_size": 2, "progress": "yes"}, TypeError, "progress: expected"),
     ],
@@ -270,9 +270,9 @@ def test_an_error_in_a_worker_reaches_the_caller(model, data):
 
 @pytest.mark.parametrize(
     ("workers", "error", "match"),
-    [(0, ValueError, "workers: expected a positive integer, got 0"),
-     (2.0, TypeError, "workers: expected a positive integer, got float 2.0"),
-     (True, TypeError, "workers: expected a positive integer, got bool True")],
+    [(0, ValueError, "workers: expected an integer >= 1, got 0"),
+     (2.0, TypeError, "workers: expected an integer >= 1, got float 2.0"),
+     (True, TypeError, "workers: expected an integer >= 1, got bool True")],
 )
 def test_bad_workers(model, data, workers, error, match):
   images, targets = data

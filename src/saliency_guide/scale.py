@@ -23,19 +23,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from saliency_guide.methods._validation import check_positive_int
+
 __all__ = ["explain_dataset"]
 
 #: Show a progress bar by default from this many batches on.
 PROGRESS_MIN_BATCHES = 8
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer):
-    raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__} "
-                    f"{value!r}")
-  if value < 1:
-    raise ValueError(f"{name}: expected a positive integer, got {value}")
-  return int(value)
 
 
 def _check_arrays(images: Any, targets: Any) -> tuple[Any, Any]:
@@ -192,8 +185,8 @@ def explain_dataset(
     raise TypeError(f"method: expected a saliency method method(model, images, targets, "
                     f"**options), got {type(method).__name__}")
   images, targets = _check_arrays(images, targets)
-  batch_size = _check_positive_int("batch_size", batch_size)
-  workers = _check_positive_int("workers", workers)
+  batch_size = check_positive_int("batch_size", batch_size)
+  workers = check_positive_int("workers", workers)
   if workers > 1 and jax.process_count() > 1:
     # Each process must launch the same programs in the same order.
     raise ValueError(f"workers: expected 1 when running on {jax.process_count()} processes, "
