@@ -11,8 +11,10 @@ the faster setting is a floor for any gradient map built on XLA's convolutions;
 the script sets it beside the last recorded benchmark (``results/cpu.csv``,
 gradients, batch 256) and the time that twice Captum's throughput would allow.
 It also reports XLA's FLOP count of the whole gradient pass (cost analysis of the
-compiled program), the rate each timing implies, and how many cores each
-convolution kept busy (process CPU time / wall time).
+compiled program), the rate each timing implies, how many cores each
+convolution kept busy (process CPU time / wall time), and, for scale, the rate
+of a float32 matrix product in its best case on the machine (square, n = 1024
+and 2048, XLA's own ``jnp.matmul``).
 
 Could the convolutions themselves be written faster in XLA? For every convolution
 with more than one input channel the script also times two classic
@@ -49,6 +51,7 @@ BATCH = 256
 MODELS = ("cnn", "gap_cnn")
 XLA_MODES = {"default": "", "fast-conv": "--xla_cpu_experimental_ynn_fusion_type="}
 ROUNDS = 25  # timed calls per function, interleaved across functions
+MATMUL_SIZES = (1024, 2048)  # square float32 products timed for the machine's practical peak
 
 
 def _im2col_conv(x, kernel):
@@ -113,6 +116,38 @@ def _winograd_products(v, u):
 REFORMULATIONS = {"im2col": _im2col_conv, "winograd": _winograd_conv}
 
 
+def _gflop(fn, args) -> float:
+  """XLA's FLOP count of a jitted ``fn(*args)`` (cost analysis of the compiled program)."""
+  cost = fn.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost["flops"]) / 1e9
+
+
+def _median_seconds(fn, args, rounds: int) -> float:
+  import jax
+
+  for _ in range(3):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _matmul_gflops() -> dict[str, float]:
+  """GFLOP/s (2n³ / median time) of a jitted float32 ``(n, n) @ (n, n)`` for each n."""
+  import jax
+  import jax.numpy as jnp
+
+  rates = {}
+  for n in MATMUL_SIZES:
+    a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (0, 1))
+    rates[str(n)] = 2 * n**3 / _median_seconds(jax.jit(jnp.matmul), (a, b), ROUNDS) / 1e9
+  return rates
+
+
 def _worker() -> dict:
   """Measure in this process (its XLA_FLAGS fixed at start): conv timings and FLOPs."""
   import jax
@@ -134,10 +169,10 @@ def _worker() -> dict:
     def gradients(state, images, targets, graphdef=graphdef):
       return logit_gradient(nnx.merge(graphdef, state), images, targets)
 
-    cost = jax.jit(gradients).lower(state, images, targets).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    gflop = _gflop(jax.jit(gradients), (state, images, targets))
 
     calls = {}
+    conv_gflop = 0.0  # XLA's count for every convolution, forward and input gradient
     key = jax.random.key(0)
     for layer in model.feature_layers:
       kernel = getattr(model, layer).kernel[...]
@@ -151,6 +186,7 @@ def _worker() -> dict:
       input_grad = jax.jit(lambda x, k, g, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
       calls[f"{layer} forward"] = (forward, (x, kernel))
       calls[f"{layer} input gradient"] = (input_grad, (x, kernel, g))
+      conv_gflop += _gflop(forward, (x, kernel)) + _gflop(input_grad, (x, kernel, g))
       if kernel.shape[2] > 1:
         reference = forward(x, kernel)
         for label, reformulated in REFORMULATIONS.items():
@@ -176,12 +212,14 @@ def _worker() -> dict:
         cpu[label] += time.process_time() - start_cpu
     ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}
     out[name] = {
-        "gflop_per_batch": float(cost["flops"]) / 1e9,
+        "gflop_per_batch": gflop,
+        "conv_gflop_per_batch": conv_gflop,
         "conv_ms": {label: t for label, t in ms.items() if ", " not in label},
         "conv_cores": {label: cpu[label] / sum(times[label])
                        for label in ms if ", " not in label},
         "reformulated_ms": {label: t for label, t in ms.items() if ", " in label},
     }
+  out["matmul_gflops"] = _matmul_gflops()
   return out
 
 
@@ -214,6 +252,7 @@ def main() -> None:
     gflop = measured["default"][name]["gflop_per_batch"]
     conv_total = {mode: sum(m[name]["conv_ms"].values()) for mode, m in measured.items()}
     best = min(conv_total, key=conv_total.get)
+    conv_gflop = measured["default"][name]["conv_gflop_per_batch"]
     models[name] = {
         "gflop_per_batch": gflop,
         "conv_ms": {mode: m[name]["conv_ms"] for mode, m in measured.items()},
@@ -227,11 +266,18 @@ def main() -> None:
         "twice_captum_budget_ms": captum_ms / 2,
         "ours_gflops": gflop / (ours_ms / 1e3),
         "captum_gflops": gflop / (captum_ms / 1e3),
+        "twice_captum_gflops": gflop / (captum_ms / 2 / 1e3),
+        "conv_gflop_per_batch": conv_gflop,
+        "conv_gflops": {mode: conv_gflop / (t / 1e3) for mode, t in conv_total.items()},
     }
     print(f"{name}: {gflop:.2f} GFLOP per {BATCH} gradient maps; convolutions alone "
           + ", ".join(f"{t:.1f} ms ({mode})" for mode, t in conv_total.items())
           + f"; recorded map: ours {ours_ms:.1f} ms, Captum {captum_ms:.1f} ms; "
-          f"2x Captum allows {captum_ms / 2:.1f} ms")
+          f"2x Captum allows {captum_ms / 2:.1f} ms, i.e. "
+          f"{models[name]['twice_captum_gflops']:.0f} GFLOP/s; the convolutions "
+          f"({conv_gflop:.2f} GFLOP) ran at "
+          + ", ".join(f"{rate:.0f} GFLOP/s ({mode})"
+                      for mode, rate in models[name]["conv_gflops"].items()))
     for mode, m in measured.items():
       for label, t in m[name]["conv_ms"].items():
         print(f"  {label} ({mode}): {t:.2f} ms on {m[name]['conv_cores'][label]:.1f} cores")
@@ -245,7 +291,11 @@ def main() -> None:
       "batch": BATCH,
       "rounds": ROUNDS,
       "models": models,
+      "matmul_gflops": {mode: m["matmul_gflops"] for mode, m in measured.items()},
   }
+  for mode, rates in result["matmul_gflops"].items():
+    print(f"float32 square matrix product ({mode}): "
+          + ", ".join(f"n={n}: {r:.0f} GFLOP/s" for n, r in rates.items()))
   (RESULTS / "cpu.ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
