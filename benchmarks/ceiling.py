@@ -51,7 +51,7 @@ BATCH = 256
 MODELS = ("cnn", "gap_cnn")
 XLA_MODES = {"default": "", "fast-conv": "--xla_cpu_experimental_ynn_fusion_type="}
 ROUNDS = 25  # timed calls per function, interleaved across functions
-MATMUL_SIZES = (1024, 2048)  # square float32 products timed for the machine's practical peak
+MATMUL_SIZES = (1024, 2048)  # square float32 products: a matrix kernel's best case
 
 
 def _im2col_conv(x, kernel):
@@ -123,28 +123,23 @@ def _gflop(fn, args) -> float:
   return float(cost["flops"]) / 1e9
 
 
-def _median_seconds(fn, args, rounds: int) -> float:
-  import jax
-
-  for _ in range(3):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _matmul_gflops() -> dict[str, float]:
   """GFLOP/s (2n³ / median time) of a jitted float32 ``(n, n) @ (n, n)`` for each n."""
   import jax
   import jax.numpy as jnp
 
+  matmul = jax.jit(jnp.matmul)
   rates = {}
   for n in MATMUL_SIZES:
     a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (0, 1))
-    rates[str(n)] = 2 * n**3 / _median_seconds(jax.jit(jnp.matmul), (a, b), ROUNDS) / 1e9
+    for _ in range(3):
+      jax.block_until_ready(matmul(a, b))
+    times = []
+    for _ in range(ROUNDS):
+      start = time.perf_counter()
+      jax.block_until_ready(matmul(a, b))
+      times.append(time.perf_counter() - start)
+    rates[str(n)] = 2 * n**3 / statistics.median(times) / 1e9
   return rates
 
 
