@@ -461,8 +461,8 @@ def integrated_gradients(
   ``steps``.
 
   Memory: the ``steps × B`` path points are never materialised together; they
-  are evaluated ``internal_batch_size`` at a time in a ``lax.scan`` (small chunks
-  that stay in the CPU cache were the fastest here). One compiled function
+  are evaluated ``internal_batch_size`` at a time in a ``lax.scan``, so memory
+  grows with that chunk, not with ``steps``. One compiled function
   serves every rule, baseline and model of the same shapes and ``steps``.
 
   Args:
