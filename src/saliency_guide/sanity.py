@@ -27,7 +27,7 @@ import jax.extend
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.methods._validation import model_channels
+from saliency_guide.validation import model_channels
 
 __all__ = [
     "cascading_randomization",

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from saliency_guide.methods._validation import check_positive_int
+from saliency_guide.validation import check_positive_int
 
 __all__ = ["explain_dataset"]
 

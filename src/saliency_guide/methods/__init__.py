@@ -4,18 +4,23 @@ Every method has the signature ``method(model, images, targets, **options)``:
 ``images`` are float32 NHWC ``(B, H, W, C)``, ``targets`` integer class indices
 ``(B,)``, and the result explains each image's **target class logit**.
 
-The families, each in its own module: gradient methods (``_gradients``,
-``_integrated``, ``_smoothgrad``), modified backpropagation
-(``_modified_backprop``) and class activation maps (``_cam``, ``_gradcam``).
+One public module per method, named like its tutorial page
+(``docs/tutorials/X.md`` ↔ ``methods/X.py``); the machinery several methods
+share lives in private modules named for what they hold.
 """
+
+from saliency_guide.methods._cores import Core as Core
+from saliency_guide.methods._cores import core as core
+from saliency_guide.methods.gradients import gradients as gradients
+from saliency_guide.methods.gradients import logit_gradient as logit_gradient
+from saliency_guide.methods.gradients import target_logits as target_logits
+from saliency_guide.methods.gradients_x_inputs import gradients_x_inputs as gradients_x_inputs
 
 from saliency_guide.methods._cam import cam as cam
 from saliency_guide.methods._cam import score_cam as score_cam
 from saliency_guide.methods._gradcam import grad_cam as grad_cam
 from saliency_guide.methods._gradcam import grad_cam_plus_plus as grad_cam_plus_plus
 from saliency_guide.methods._gradcam import guided_grad_cam as guided_grad_cam
-from saliency_guide.methods._gradients import gradients as gradients
-from saliency_guide.methods._gradients import gradients_x_inputs as gradients_x_inputs
 from saliency_guide.methods._integrated import BASELINES as BASELINES
 from saliency_guide.methods._integrated import QUADRATURE_RULES as QUADRATURE_RULES
 from saliency_guide.methods._integrated import expected_gradients as expected_gradients

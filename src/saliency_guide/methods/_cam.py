@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.methods._validation import check_choice, check_inputs
+from saliency_guide.validation import check_choice, check_inputs
 from saliency_guide.models import conv_layer_names
 
 __all__ = ["cam", "feature_maps", "layer_score", "score_cam", "upsample_maps"]

@@ -64,9 +64,9 @@ from saliency_guide.methods._cam import (
     map_shape,
     weighted_sum,
 )
-from saliency_guide.methods._core import logit_gradient
+from saliency_guide.methods.gradients import logit_gradient
 from saliency_guide.methods._modified_backprop import guided_relu, with_relu_rule
-from saliency_guide.methods._validation import check_choice, check_inputs
+from saliency_guide.validation import check_choice, check_inputs
 
 __all__ = ["diagonal_derivatives", "grad_cam", "grad_cam_plus_plus", "guided_grad_cam"]
 

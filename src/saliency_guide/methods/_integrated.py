@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from saliency_guide.methods._core import logit_gradient, target_logits
-from saliency_guide.methods._validation import (
+from saliency_guide.methods.gradients import logit_gradient, target_logits
+from saliency_guide.validation import (
     check_choice,
     check_inputs,
     check_positive_int,

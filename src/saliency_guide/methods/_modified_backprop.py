@@ -50,8 +50,8 @@ import numpy as np
 from flax import nnx
 
 from saliency_guide import layers
-from saliency_guide.methods._core import logit_gradient
-from saliency_guide.methods._validation import check_inputs
+from saliency_guide.methods.gradients import logit_gradient
+from saliency_guide.validation import check_inputs
 
 __all__ = [
     "deconv_relu",

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from saliency_guide.methods._integrated import _check_key, flat_random
-from saliency_guide.methods._validation import check_choice, check_inputs, check_positive_int
+from saliency_guide.validation import check_choice, check_inputs, check_positive_int
 
 __all__ = ["SMOOTHGRAD_VARIANTS", "smoothgrad"]
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from saliency_guide.methods._validation import check_positive_int
+from saliency_guide.validation import check_positive_int
 
 __all__ = ["attribute_batched"]
 

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.methods._core import target_logits
-from saliency_guide.methods._validation import check_inputs
+from saliency_guide.methods.gradients import target_logits
+from saliency_guide.validation import check_inputs
 from saliency_guide.metrics._common import check_attributions
 
 __all__ = ["completeness_delta"]
@@ -71,7 +71,7 @@ def completeness_delta(
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from saliency_guide.methods._core import logit_gradient
+    >>> from saliency_guide.methods.gradients import logit_gradient
     >>> model = nnx.Linear(784, 10, rngs=nnx.Rngs(0))
     >>> class Linear(nnx.Module):
     ...   def __init__(self): self.head = model

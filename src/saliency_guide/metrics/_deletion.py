@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from saliency_guide.methods._core import target_logits
-from saliency_guide.methods._validation import check_choice, check_inputs, check_positive_int
+from saliency_guide.methods.gradients import target_logits
+from saliency_guide.validation import check_choice, check_inputs, check_positive_int
 from saliency_guide.metrics._common import check_attributions, rank_pixels
 
 __all__ = [

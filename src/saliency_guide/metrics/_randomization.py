@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.methods._validation import check_choice, check_inputs, check_positive_int
+from saliency_guide.validation import check_choice, check_inputs, check_positive_int
 from saliency_guide.metrics._batching import attribute_batched
 from saliency_guide.metrics._common import pixel_scores
 from saliency_guide.metrics._similarity import Similarity, similarity

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from saliency_guide.methods._validation import check_positive_int
+from saliency_guide.validation import check_positive_int
 from saliency_guide.metrics._batching import attribute_batched
 from saliency_guide.metrics._common import pixel_scores, rank_pixels
 from saliency_guide.training import TrainConfig, accuracy, train

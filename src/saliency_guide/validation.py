@@ -1,0 +1,338 @@
+"""Checks at the door: the one place the package validates arguments.
+
+Every public function (methods, metrics, :func:`~saliency_guide.explain_dataset`)
+checks its arguments once, outside ``jit``, with these functions, and passes
+checked values to jitted cores that check nothing. Bad input fails with a
+message naming the argument, what was expected and what was given, instead of
+broadcasting silently, clamping an index or returning a map full of NaNs.
+
+Write your own method the same way: ``images, targets = check_inputs(model,
+images, targets)`` first, then a jitted core.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "check_array",
+    "check_callable",
+    "check_choice",
+    "check_flag",
+    "check_image_batch",
+    "check_inputs",
+    "check_key",
+    "check_maps",
+    "check_number",
+    "check_positive_int",
+    "describe",
+    "model_channels",
+    "model_num_classes",
+]
+
+
+def model_channels(model: nnx.Module) -> int | None:
+  """Number of input channels ``model`` expects, or ``None`` if it cannot tell.
+
+  Reads ``model.in_channels`` or ``model.image_shape[-1]`` if the model has
+  one (both cost nothing), else the ``in_features`` of its first ``nnx.Conv``
+  (a walk over the module graph).
+  """
+  channels = getattr(model, "in_channels", None)
+  if channels is not None:
+    return int(channels)
+  shape = getattr(model, "image_shape", None)
+  if shape is not None:
+    return int(shape[-1])
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, nnx.Conv):
+      return int(module.in_features)
+  return None
+
+
+def model_num_classes(model: nnx.Module, images: jax.Array) -> int:
+  """Number of logits ``model`` returns for ``images`` (by abstract evaluation)."""
+  head = getattr(model, "head", None)
+  if isinstance(head, nnx.Linear):
+    return int(head.out_features)
+  out = jax.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct(images.shape, images.dtype))
+  if out.ndim != 2:
+    raise ValueError(f"model: expected logits of shape (B, classes), got shape {out.shape}")
+  return int(out.shape[-1])
+
+
+@jax.jit
+def _count_nonfinite(images: jax.Array) -> jax.Array:
+  return jnp.sum(~jnp.isfinite(images))
+
+
+def describe(x: Any) -> str:
+  """A short description of ``x`` for error messages (type, and shape and dtype if any)."""
+  if hasattr(x, "shape") and hasattr(x, "dtype"):
+    return f"{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+  return f"{type(x).__name__} {x!r}"[:200]
+
+
+def check_inputs(
+    model: nnx.Module, images: Any, targets: Any
+) -> tuple[jax.Array, jax.Array]:
+  """Validate ``(images, targets)`` for ``model`` and return them as JAX arrays.
+
+  Args:
+    model: the classifier to explain (returns logits).
+    images: float array ``(B, H, W, C)`` (NHWC), finite values.
+    targets: integer array ``(B,)`` of class indices in ``[0, classes)``.
+
+  Returns:
+    ``(images, targets)`` as ``float32`` and ``int32`` JAX arrays.
+
+  Raises:
+    TypeError: ``images`` is not a floating array or ``targets`` not an integer one.
+    ValueError: wrong rank, wrong channel count (e.g. NCHW images), non-finite
+      values, wrong number of targets, or a target out of range.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from saliency_guide.models import CNN
+    >>> x, t = check_inputs(CNN(rngs=nnx.Rngs(0)), jnp.zeros((2, 28, 28, 1)), [3, 7])
+    >>> x.dtype, t.dtype
+    (dtype('float32'), dtype('int32'))
+    >>> check_inputs(CNN(rngs=nnx.Rngs(0)), jnp.zeros((2, 1, 28, 28)), [3, 7])
+    Traceback (most recent call last):
+    ...
+    ValueError: images: expected NHWC images (B, H, W, 1) ... got shape (2, 1, 28, 28); \
+channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
+  """
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    if isinstance(images, list | tuple):
+      images = np.asarray(images)
+    else:
+      raise TypeError(f"images: expected a float array (B, H, W, C), got {describe(images)}")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(
+        f"images: expected a floating dtype (float32 values, e.g. in [0, 1]), got {images.dtype}; "
+        "convert with images.astype(np.float32) / 255 for uint8 pixels"
+    )
+  if images.ndim != 4:
+    raise ValueError(f"images: expected rank 4 (B, H, W, C), got shape {tuple(images.shape)}")
+  channels = model_channels(model)
+  if channels is not None and images.shape[-1] != channels:
+    raise ValueError(
+        f"images: expected NHWC images (B, H, W, {channels}) with {channels} channel(s) as the "
+        f"model expects, got shape {tuple(images.shape)}; channel-first (NCHW) arrays must be "
+        "transposed with x.transpose(0, 2, 3, 1)"
+    )
+  if images.shape[0] == 0:
+    raise ValueError("images: expected at least one image, got a batch of 0")
+  images = jnp.asarray(images, jnp.float32)
+  _finite("images", images)  # one compiled call instead of two dispatched ops
+
+  if isinstance(targets, int | np.integer):
+    raise TypeError(
+        f"targets: expected an integer array of shape ({images.shape[0]},), one class per "
+        f"image, got the scalar {targets!r}; use jnp.full(len(images), {targets})"
+    )
+  targets_arr = np.asarray(targets)
+  if not np.issubdtype(targets_arr.dtype, np.integer):
+    raise TypeError(f"targets: expected integer class indices, got dtype {targets_arr.dtype}")
+  if targets_arr.shape != (images.shape[0],):
+    raise ValueError(
+        f"targets: expected shape ({images.shape[0]},), one class per image, got shape "
+        f"{targets_arr.shape}"
+    )
+  classes = model_num_classes(model, images)
+  if targets_arr.min() < 0 or targets_arr.max() >= classes:
+    raise ValueError(
+        f"targets: expected class indices in [0, {classes}), got values from "
+        f"{targets_arr.min()} to {targets_arr.max()}"
+    )
+  return images, jnp.asarray(targets_arr, jnp.int32)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+  """``value`` as an ``int`` ≥ 1, else a ``TypeError``/``ValueError`` naming ``name``.
+
+  Example:
+    >>> check_positive_int("steps", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps: expected an integer >= 1, got 0
+  """
+  if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    raise TypeError(f"{name}: expected an integer >= 1, got {describe(value)}")
+  if value < 1:
+    raise ValueError(f"{name}: expected an integer >= 1, got {value}")
+  return int(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+  """``value`` if it is one of ``choices``, else a ``ValueError`` listing them.
+
+  Example:
+    >>> check_choice("variant", "smoothgrad", ("smoothgrad", "vargrad"))
+    'smoothgrad'
+    >>> check_choice("variant", "sg", ("smoothgrad", "vargrad"))
+    Traceback (most recent call last):
+    ...
+    ValueError: variant: expected one of 'smoothgrad', 'vargrad', got 'sg'
+  """
+  if value not in choices:
+    options = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{name}: expected one of {options}, got {value!r}")
+  return value
+
+
+def check_flag(name: str, value: Any) -> bool:
+  """``value`` if it is a ``bool``, else a ``TypeError`` naming ``name``.
+
+  Example:
+    >>> check_flag("upsample", 1)
+    Traceback (most recent call last):
+    ...
+    TypeError: upsample: expected True or False, got 1
+  """
+  if not isinstance(value, bool):
+    raise TypeError(f"{name}: expected True or False, got {value!r}")
+  return value
+
+
+def check_number(
+    name: str, value: Any, *, minimum: float = 0.0, inclusive: bool = False, hint: str = ""
+) -> float:
+  """``value`` as a finite ``float`` above ``minimum`` (or equal to it if ``inclusive``).
+
+  ``hint`` (e.g. ``" (a fraction of each image's value range)"``) is added to the
+  message after "expected a number ...".
+
+  Example:
+    >>> check_number("sigma", 2)
+    2.0
+    >>> check_number("noise_level", -0.1, inclusive=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: noise_level: expected a finite number >= 0.0, got -0.1
+  """
+  bound = f"{'>=' if inclusive else '>'} {minimum}"
+  if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    raise TypeError(f"{name}: expected a number {bound}{hint}, got {describe(value)}")
+  ok = value >= minimum if inclusive else value > minimum
+  if not (math.isfinite(value) and ok):
+    raise ValueError(f"{name}: expected a finite number {bound}{hint}, got {value}")
+  return float(value)
+
+
+def check_callable(name: str, value: Any, expected: str) -> Any:
+  """``value`` if it is callable, else a ``TypeError`` saying what was ``expected``."""
+  if not callable(value):
+    raise TypeError(f"{name}: expected {expected}, got {describe(value)}")
+  return value
+
+
+def check_key(key: Any, purpose: str = "this function") -> jax.Array:
+  """``key`` as a single JAX PRNG key, else an error saying ``purpose`` needs one.
+
+  Accepts a typed key from ``jax.random.key(seed)`` (shape ``()``) or a raw
+  ``uint32`` key of shape ``(2,)`` from ``jax.random.PRNGKey(seed)``.
+
+  Example:
+    >>> check_key(None, "smoothgrad")
+    Traceback (most recent call last):
+    ...
+    ValueError: key: smoothgrad is random and needs an explicit PRNG key, \
+e.g. key=jax.random.key(0); got None
+  """
+  if key is None:
+    raise ValueError(
+        f"key: {purpose} is random and needs an explicit PRNG key, e.g. key=jax.random.key(0); "
+        "got None"
+    )
+  if isinstance(key, jax.Array | np.ndarray):
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+      return key
+    if key.dtype == np.uint32 and key.shape == (2,):
+      return jnp.asarray(key)
+  raise TypeError(
+      f"key: expected a single PRNG key from jax.random.key(seed) (or jax.random.PRNGKey), "
+      f"got {describe(key)}"
+  )
+
+
+def _finite(name: str, x: jax.Array) -> jax.Array:
+  bad = int(_count_nonfinite(x))
+  if bad:
+    raise ValueError(f"{name}: expected finite values, got {bad} NaN or Inf value(s)")
+  return x
+
+
+def _float_array(name: str, value: Any, expected: str) -> Any:
+  if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+    raise TypeError(f"{name}: expected {expected}, got {describe(value)}")
+  if not jnp.issubdtype(value.dtype, jnp.floating):
+    raise TypeError(f"{name}: expected a floating dtype, got {value.dtype}")
+  return value
+
+
+def check_array(name: str, value: Any, shape: tuple[int, ...]) -> jax.Array:
+  """A finite float scalar or array broadcast *explicitly* to ``shape``.
+
+  Accepted shapes: ``()``, ``shape[1:]``, ``(1, *shape[1:])`` and ``shape``
+  itself (one per image); anything else is an error rather than a silent
+  broadcast. Python numbers are accepted as scalars.
+
+  Example:
+    >>> check_array("baseline", 0.5, (2, 4, 4, 1)).shape
+    (2, 4, 4, 1)
+    >>> check_array("baseline", np.zeros((3, 4, 4, 1), np.float32), (2, 4, 4, 1))
+    Traceback (most recent call last):
+    ...
+    ValueError: baseline: expected a scalar or an array of shape (4, 4, 1), (1, 4, 4, 1) or \
+(2, 4, 4, 1) (one per image), got shape (3, 4, 4, 1)
+  """
+  if isinstance(value, int | float) and not isinstance(value, bool):
+    value = np.asarray(value, np.float32)
+  value = _float_array(name, value, f"a float scalar or array broadcastable to {shape}")
+  shape = tuple(shape)
+  if tuple(value.shape) not in ((), shape[1:], (1, *shape[1:]), shape):
+    raise ValueError(
+        f"{name}: expected a scalar or an array of shape {shape[1:]}, {(1, *shape[1:])} or "
+        f"{shape} (one per image), got shape {tuple(value.shape)}"
+    )
+  value = _finite(name, jnp.asarray(value, jnp.float32))
+  return jnp.broadcast_to(value, shape)
+
+
+def check_image_batch(name: str, value: Any, like: jax.Array) -> jax.Array:
+  """A non-empty finite float batch ``(R, H, W, C)`` with the image shape of ``like``.
+
+  For arrays of images other than the explained ones (e.g. Expected Gradients'
+  ``references``); returned as float32.
+  """
+  value = _float_array(name, value, "a float array (R, H, W, C)")
+  if value.ndim != 4 or tuple(value.shape[1:]) != tuple(like.shape[1:]):
+    raise ValueError(
+        f"{name}: expected shape (R, {', '.join(map(str, like.shape[1:]))}) to match "
+        f"images of shape {tuple(like.shape)}, got shape {tuple(value.shape)}"
+    )
+  if value.shape[0] == 0:
+    raise ValueError(f"{name}: expected at least one image, got 0")
+  return _finite(name, jnp.asarray(value, jnp.float32))
+
+
+def check_maps(name: str, value: Any, images: jax.Array) -> jax.Array:
+  """Finite float maps for ``images``: shape ``(B, H, W)`` or ``images.shape``; float32."""
+  value = _float_array(name, value, "a float array (B, H, W) or (B, H, W, C)")
+  batch, height, width, _ = images.shape
+  shape = tuple(value.shape)
+  if shape not in ((batch, height, width), tuple(images.shape)):
+    raise ValueError(
+        f"{name}: expected shape {(batch, height, width)} (a per-pixel map) or "
+        f"{tuple(images.shape)} (the images' shape), got {shape}"
+    )
+  return _finite(name, jnp.asarray(value, jnp.float32))
