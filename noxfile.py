@@ -115,4 +115,4 @@ def bench(session: nox.Session) -> None:
   _install(session, "bench")
   session.run("python", "benchmarks/bench.py", *session.posargs)
   # Each model's convolutions timed alone (and re-expressed): how far 2x Captum is from them.
-  session.run("python", "benchmarks/ceiling.py")
+  session.run("python", "benchmarks/investigations/ceiling.py")

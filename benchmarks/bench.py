@@ -43,28 +43,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
-import datetime
 import gc
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from page_faults import KEEP_FREED_MEMORY
+import harness
+from harness import HERE, KEEP_FREED_MEMORY, RESULTS, XLA_MODES, interleaved
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-DEVICE_PER_CORE_FLAG = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
-XLA_MODES = {"default": "", "fast-conv": FAST_CONV_FLAG, "device-per-core": DEVICE_PER_CORE_FLAG}
 SHARDED_MODES = ("device-per-core",)  # modes whose batches are split over all devices
 XLA_CHOICES = {"both": ("default", "fast-conv"), "all": tuple(XLA_MODES)}
 MODELS = ("cnn", "gap_cnn")
@@ -86,6 +76,7 @@ METHODS = (
     "guided_grad_cam",
 )
 LOGIT_TOLERANCE = 1e-5
+PACKAGES = ("jax", "jaxlib", "flax", "torch", "captum", "numpy")  # versions in the record
 QUICK_IG = "ig64_gausslegendre"
 
 
@@ -122,48 +113,6 @@ class PeakRSS:
     self._stop.set()
     self._thread.join()
     self.peak = max(self.peak, _rss_bytes())
-
-
-@dataclasses.dataclass
-class Timing:
-  first_s: float
-  first_cpu_s: float
-  times_s: list[float]
-
-  @property
-  def median_s(self) -> float:
-    return statistics.median(self.times_s)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-  start = time.perf_counter()
-  out = fn()
-  return time.perf_counter() - start, out
-
-
-def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-  """Wall and process CPU seconds (CPU time is less sensitive to other processes' load)."""
-  start, cpu = time.perf_counter(), time.process_time()
-  out = fn()
-  return time.perf_counter() - start, time.process_time() - cpu, out
-
-
-def interleaved(calls: dict[str, Callable[[], Any]], min_repeats: int, min_seconds: float,
-                max_repeats: int) -> tuple[dict[str, Timing], dict[str, Any]]:
-  """First call of each, then alternating timed calls until enough repeats and time."""
-  firsts, outputs = {}, {}
-  for name, fn in calls.items():
-    firsts[name] = timed_cpu(fn)
-    outputs[name] = firsts[name][2]
-  times: dict[str, list[float]] = {name: [] for name in calls}
-  while True:
-    for name, fn in calls.items():
-      times[name].append(timed(fn)[0])
-    n = len(next(iter(times.values())))
-    spent = sum(sum(v) for v in times.values())
-    if n >= max_repeats or (n >= min_repeats and spent >= min_seconds):
-      break
-  return {name: Timing(firsts[name][0], firsts[name][1], times[name]) for name in calls}, outputs
 
 
 # --------------------------------------------------------------------------------------
@@ -326,22 +275,6 @@ def check_logits(jax_model, torch_model, images) -> float:
   return error
 
 
-def device_arrays(images_np, labels_np, xla: str):
-  """``(images, targets, devices)`` as JAX arrays: split along the batch over every
-  device in the sharded modes (when the device count divides the batch), else on one."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-  devices = jax.devices()
-  if xla not in SHARDED_MODES or len(images_np) % len(devices):
-    return jnp.asarray(images_np), jnp.asarray(labels_np), 1
-  sharding = NamedSharding(Mesh(np.asarray(devices), ("batch",)), PartitionSpec("batch"))
-  return (jax.device_put(images_np, sharding), jax.device_put(labels_np, sharding),
-          len(devices))
-
-
 def worker(args) -> list[dict[str, Any]]:
   import numpy as np
   import torch
@@ -350,7 +283,8 @@ def worker(args) -> list[dict[str, Any]]:
   rows = []
   for batch in args.batches:
     models, images_np, labels_np, source = load_data(batch, args.smoke)
-    images, targets, devices = device_arrays(images_np, labels_np, args.xla)
+    images, targets, devices = harness.device_arrays(images_np, labels_np,
+                                                      split=args.xla in SHARDED_MODES)
     images_t, targets_t = to_nchw(images_np), torch.from_numpy(labels_np.astype(np.int64))
     for model_name in args.models:
       model = models[model_name]
@@ -419,7 +353,8 @@ def memory_probe(args) -> list[dict[str, Any]]:
   models, images_np, labels_np, _ = load_data(batch, args.smoke)
   model = models[model_name]
   if args.framework == "ours":
-    images, targets, _ = device_arrays(images_np, labels_np, args.xla)
+    images, targets, _ = harness.device_arrays(images_np, labels_np,
+                                                split=args.xla in SHARDED_MODES)
     make = lambda method: ours(method, model, images, targets)  # noqa: E731
   else:
     torch_model = from_flax(model)
@@ -445,64 +380,11 @@ def memory_probe(args) -> list[dict[str, Any]]:
 
 def _run_child(argv: list[str], xla_flags: str, malloc: bool = False,
                keep_freed_memory: bool = False) -> list[dict[str, Any]]:
-  env = dict(os.environ)
-  if keep_freed_memory:  # both frameworks: see page_faults.py
-    env["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY
-  env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), xla_flags) if f).strip()
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH", "")]))
-  if malloc:  # freed memory goes back to the system at once: the RSS follows live memory
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    env["MALLOC_TRIM_THRESHOLD_"] = "0"
-  out = subprocess.run([sys.executable, __file__, *argv], env=env, check=True,
-                       stdout=subprocess.PIPE, text=True).stdout
-  return json.loads(out.strip().splitlines()[-1])
-
-
-def machine() -> dict[str, str]:
-  """What ran the benchmark: CPU, cores, memory, OS, versions, load."""
-  import importlib.metadata as md
-
-  cpu = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
-  try:
-    with open("/proc/meminfo") as f:
-      mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    memory = f"{mem_kb / 2**20:.0f} GiB"
-  except (OSError, StopIteration):
-    memory = "unknown"
-  versions = {}
-  for package in ("jax", "jaxlib", "flax", "torch", "captum", "numpy"):
-    try:
-      versions[package] = md.version(package)
-    except md.PackageNotFoundError:
-      versions[package] = "not installed"
-  return dict(
-      cpu=cpu, cores=str(os.cpu_count()), memory=memory,
-      os=f"{platform.system()} {platform.release()}", python=platform.python_version(),
-      **versions,
-      torch_threads=_torch_threads(),
-  )
-
-
-def _torch_threads() -> str:
-  try:
-    import torch
-
-    return str(torch.get_num_threads())
-  except ImportError:
-    return "n/a"
-
-
-def _load() -> str:
-  try:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-  except OSError:
-    return "unknown"
+  """This script with ``argv`` in a fresh process with only the given settings."""
+  # malloc: freed memory goes back to the system at once, so the RSS follows live memory.
+  env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"} if malloc else None
+  return harness.run_in_fresh_process(__file__, argv, xla_flags=xla_flags, env=env,
+                              glibc_tunables=KEEP_FREED_MEMORY if keep_freed_memory else None)
 
 
 NAMES = {
@@ -630,8 +512,7 @@ def _mem_method(method: str) -> str:
 
 
 def driver(args) -> None:
-  started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
-  load_before = _load()
+  started, load_before = harness.utc_now(), harness.load_average()
   common = ["--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
             "--max-repeats", str(args.max_repeats), "--methods", *args.methods,
             *(["--smoke"] if args.smoke else []), *(["--quick"] if args.quick else [])]
@@ -653,16 +534,14 @@ def driver(args) -> None:
                "--batches", str(batch), "--methods", *probe_methods,
                *(["--smoke"] if args.smoke else [])],
               XLA_MODES[modes[0]], malloc=True)
-  finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
   mem = {(r["framework"], r["model"], r["batch"], r["method"]): r["peak_mb"] for r in memory}
   for r in rows:
     for framework in ("ours", "captum"):
       r[f"{framework}_peak_mb"] = mem.get(
           (framework, r["model"], r["batch"], _mem_method(r["method"])))
   sources = dict.fromkeys(r.pop("source") for r in rows)
-  record = {
-      **machine(), "started_utc": started, "finished_utc": finished,
-      "load_before": load_before, "load_after": _load(),
+  run = {
+      **harness.record(started, load_before, packages=PACKAGES),
       "command": " ".join(["python benchmarks/bench.py", *args.argv]),
       "allocator": (f"GLIBC_TUNABLES={KEEP_FREED_MEMORY}" if args.keep_freed_memory
                     else "glibc defaults"),
@@ -676,7 +555,7 @@ def driver(args) -> None:
     writer = csv.DictWriter(f, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-  (RESULTS / f"{name}.machine.json").write_text(json.dumps(record, indent=2) + "\n")
+  (RESULTS / f"{name}.machine.json").write_text(json.dumps(run, indent=2) + "\n")
   print(write_markdown(name))
   if not args.name:
     for suffix in (".csv", ".machine.json", ".md"):
@@ -705,7 +584,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--keep-freed-memory", action="store_true",
                  help=f"time both frameworks with GLIBC_TUNABLES={KEEP_FREED_MEMORY} "
                  "(freed memory stays in the process: fewer page faults; see "
-                 "benchmarks/page_faults.py)")
+                 "benchmarks/investigations/page_faults.py)")
   p.add_argument("--markdown-only", action="store_true",
                  help="only rewrite results/<name>.md from its .csv and .machine.json")
   p.add_argument("--quick", action="store_true",

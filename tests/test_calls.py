@@ -17,8 +17,8 @@ from flax import nnx
 
 from model_factories import compilations
 from saliency_guide import methods
-from saliency_guide.validation import model_channels
 from saliency_guide.models import FeatureMaps, GapCNN
+from saliency_guide.validation import model_channels
 
 METHODS = {
     "gradients": methods.gradients,

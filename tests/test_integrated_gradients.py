@@ -1,13 +1,14 @@
-"""Tests of Integrated Gradients, its quadrature rules and baselines, and Expected Gradients.
+"""Tests of Integrated Gradients (methods/integrated_gradients.py), its quadrature and baselines.
 
 What the maths guarantees and the tests check:
 * every quadrature rule's weights sum to 1 and integrate low-degree polynomials
   exactly (Gauss–Legendre with n nodes: up to degree 2n - 1, and not 2n);
 * for a linear model f(x) = W vec(x) + b, IG = (x - x') ⊙ W[c] for every rule and
-  step count, and Expected Gradients = (x - E[x']) ⊙ W[c];
+  step count;
 * completeness, Σ IG = f_c(x) - f_c(x') with f_c the *logit*, within 1 % on a
   CNN with 128 Gauss–Legendre steps; linearity and implementation invariance;
-* chunking the path (internal_batch_size) changes nothing.
+* the chunked engine equals the plain version (every path point at once), however
+  the path is chunked (internal_batch_size).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from model_factories import (
   SHAPE,
+  compilations,
   linear_model,
   numpy_model,
   rand,
@@ -31,12 +33,10 @@ from model_factories import (
   toy_mlp,
 )
 from saliency_guide import methods
-from saliency_guide.methods import _integrated
+from saliency_guide.methods._path_engine import _plan
 from saliency_guide.models import CNN
 
 RULES = methods.QUADRATURE_RULES
-
-
 
 
 @pytest.fixture(scope="module")
@@ -139,19 +139,6 @@ def test_linear_model_ig_is_input_minus_baseline_times_weights(rule, steps):
   np.testing.assert_allclose(delta, 0, atol=1e-5)
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), rule=st.sampled_from(RULES))
-def test_linear_model_ig_for_random_inputs_and_baselines(seed, rule):
-  model, weights = linear_model(seed % 7)
-  images, targets = toy_batch(seed=seed)
-  baseline = np.random.default_rng(seed + 1).standard_normal(images.shape, np.float32)
-  maps = methods.integrated_gradients(
-      model, images, targets, baseline=baseline, steps=7, method=rule
-  )
-  expected = (images - baseline) * weights[targets].reshape(-1, *SHAPE)
-  np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5)
-
-
 def test_completeness_on_a_cnn_with_128_gauss_legendre_steps(cnn):
   """Σ_i IG_i = f_c(x) - f_c(x') for the logit, computed here from the model itself.
 
@@ -174,14 +161,6 @@ def test_completeness_on_a_cnn_with_128_gauss_legendre_steps(cnn):
       cnn, images, targets, steps=2, method="riemann_right", return_delta=True
   )
   assert float(jnp.abs(coarse).max()) > 0.01 * float(jnp.abs(gap).max())
-
-
-def test_one_right_riemann_step_is_gradient_times_input():
-  model = toy_mlp(3)
-  images, targets = toy_batch()
-  np.testing.assert_allclose(
-      methods.integrated_gradients(model, images, targets, steps=1, method="riemann_right"),
-      methods.gradients_x_inputs(model, images, targets), rtol=1e-6, atol=1e-7)
 
 
 def test_linearity_axiom():
@@ -217,26 +196,46 @@ def test_implementation_invariance():
   )
 
 
-@pytest.mark.parametrize("per_pass", [1, 2, 5, 64, 1000])
-def test_chunking_of_the_path_changes_nothing(per_pass):
-  """Batch 5 × 7 steps in passes of 1, 2, 5, 64, 1000 points (with padding)."""
+# --------------------------------------------------------------------------------------
+# The engine equals the plain version.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("per_pass", [1, 3, 7, 35, 1000])
+def test_engine_equals_the_plain_version_however_the_path_is_chunked(rule, per_pass):
+  """Batch 5 × 7 steps in passes of 1, 3, 7, 35 or 1000 points (padded), vs all at once."""
   model = toy_mlp(0)
   images, targets = toy_batch(5)
-  reference, ref_delta = methods.integrated_gradients(
-      model, images, targets, steps=7, return_delta=True, internal_batch_size=35
-  )
+  baseline = rand(9, images.shape)  # one baseline per image
+  plain = methods.integrated_gradients_plain(
+      model, images, targets, baseline=baseline, steps=7, method=rule)
   maps, delta = methods.integrated_gradients(
-      model, images, targets, steps=7, return_delta=True, internal_batch_size=per_pass
-  )
-  np.testing.assert_allclose(maps, reference, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(delta, ref_delta, atol=1e-5)
+      model, images, targets, baseline=baseline, steps=7, method=rule, return_delta=True,
+      internal_batch_size=per_pass)
+  np.testing.assert_allclose(maps, plain, rtol=1e-5, atol=1e-6)
+  gap = logits_of(model, images) - logits_of(model, jnp.asarray(baseline))
+  np.testing.assert_allclose(
+      delta, plain.sum(axis=(1, 2, 3)) - gap[np.arange(5), targets], atol=1e-5)
+
+
+@pytest.mark.parametrize("baseline", [None, 0.3, "image", "batch of one", "per image"])
+def test_engine_equals_the_plain_version_for_every_kind_of_baseline_array(cnn, baseline):
+  images = rand(1, (3, 28, 28, 1))
+  targets = np.array([2, 5, 8])
+  baseline = {"image": rand(2, (28, 28, 1)), "batch of one": rand(2, (1, 28, 28, 1)),
+              "per image": rand(2, (3, 28, 28, 1))}.get(baseline, baseline)
+  plain = methods.integrated_gradients_plain(cnn, images, targets, baseline=baseline, steps=6)
+  engine = methods.integrated_gradients(
+      cnn, images, targets, baseline=baseline, steps=6, internal_batch_size=5)
+  np.testing.assert_allclose(engine, plain, rtol=1e-4, atol=1e-6)
 
 
 def test_plan_never_exceeds_the_pass_size():
   for batch in (1, 3, 64, 100, 256):
     for points in (1, 7, 64):
       for per_pass in (1, 16, 64, 500):
-        groups, per_group, chunks, per_chunk = _integrated._plan(batch, points, per_pass)
+        groups, per_group, chunks, per_chunk = _plan(batch, points, per_pass)
         assert groups * per_group >= batch and chunks * per_chunk >= points
         assert per_group * per_chunk <= max(per_pass, per_group)
 
@@ -325,76 +324,23 @@ def test_named_baseline_equals_the_same_baseline_given_as_an_array():
 
 
 # --------------------------------------------------------------------------------------
-# Expected Gradients.
-# --------------------------------------------------------------------------------------
-
-
-def test_expected_gradients_on_a_linear_model():
-  """Each sample gives (x - x'_j) ⊙ W[c] exactly, so EG = (x - mean of drawn x') ⊙ W[c]."""
-  model, weights = linear_model()
-  images, targets = toy_batch()
-  one_reference = rand(5, (1, *SHAPE))
-  maps = methods.expected_gradients(
-      model, images, targets, references=one_reference, samples=5, key=jax.random.key(0))
-  expected = (images - one_reference) * weights[targets].reshape(-1, *SHAPE)
-  np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
-  # Many references: Monte Carlo estimate of (x - E[x']) ⊙ W[c].
-  references = rand(6, (4, *SHAPE))
-  maps = methods.expected_gradients(
-      model, images, targets, references=references, samples=1000, key=jax.random.key(0))
-  expected = (images - references.mean(0)) * weights[targets].reshape(-1, *SHAPE)
-  np.testing.assert_allclose(maps, expected, atol=0.05 * float(jnp.abs(expected).max()))
-
-
-def test_expected_gradients_is_reproducible_and_depends_on_the_key():
-  model = toy_mlp(0)
-  images, targets = toy_batch()
-  references = rand(6, (6, *SHAPE))
-  run = lambda seed: methods.expected_gradients(  # noqa: E731
-      model, images, targets, references=references, samples=8, key=jax.random.key(seed))
-  np.testing.assert_array_equal(run(0), run(0))
-  assert not np.allclose(run(0), run(1))
-
-
-def test_expected_gradients_completeness_in_expectation():
-  """Σ_i φ_i(x) → f_c(x) - E_{x'}[f_c(x')] as the number of samples grows."""
-  model = toy_mlp(0)
-  images, targets = toy_batch()
-  references = rand(7, (5, *SHAPE))
-  maps = methods.expected_gradients(
-      model, images, targets, references=references, samples=2000, key=jax.random.key(0))
-  gap = model(images)[jnp.arange(3), targets] - model(references)[:, targets].mean(0)
-  # Monte Carlo: the standard error here is a few % of the gap; a missing (x - x')
-  # factor or a wrong baseline would be off by far more than 10 %.
-  np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), gap, atol=0.1 * float(jnp.abs(gap).max()))
-
-
-# --------------------------------------------------------------------------------------
 # Compilation and bad input.
 # --------------------------------------------------------------------------------------
 
 
-def test_no_recompilation_for_new_data_weights_or_baseline_values():
+def test_no_recompilation_for_new_data_weights_rules_or_baseline_values():
   x, t = toy_batch(2)
   methods.integrated_gradients(toy_mlp(0), x, t, steps=4)
   methods.integrated_gradients(toy_mlp(0), x, t, steps=4, baseline=jnp.ones_like(x))
-  size = _integrated._integrated_gradients._cache_size()
-  methods.integrated_gradients(toy_mlp(1), x * 0.5, np.array([2, 0]), steps=4)
-  methods.integrated_gradients(toy_mlp(2), x, t, steps=4, baseline=jnp.full_like(x, 0.3))
-  assert _integrated._integrated_gradients._cache_size() == size
-  methods.integrated_gradients(toy_mlp(2), x, t, steps=5)  # a new static option compiles
-  assert _integrated._integrated_gradients._cache_size() == size + 1
-
-
-def test_expected_gradients_no_recompilation():
-  x, t = toy_batch(2)
-  refs = rand(1, (5, *SHAPE))
-  run = lambda model, seed: methods.expected_gradients(  # noqa: E731
-      model, x, t, references=refs * seed, samples=3, key=jax.random.key(seed))
-  run(toy_mlp(0), 1)
-  size = _integrated._expected_gradients._cache_size()
-  run(toy_mlp(1), 2)
-  assert _integrated._expected_gradients._cache_size() == size
+  other_baseline = np.full_like(x, 0.3)
+  with compilations() as compiles:
+    methods.integrated_gradients(toy_mlp(1), x * 0.5, t[::-1], steps=4)
+    methods.integrated_gradients(toy_mlp(2), x, t, steps=4, baseline=other_baseline)
+    methods.integrated_gradients(toy_mlp(2), x, t, steps=4, method="riemann_left")
+  assert compiles == []
+  with compilations() as compiles:
+    methods.integrated_gradients(toy_mlp(2), x, t, steps=5)  # a new number of steps compiles
+  assert len(compiles) == 1
 
 
 GOOD = np.zeros((2, 28, 28, 1), np.float32)
@@ -428,26 +374,5 @@ def test_integrated_gradients_bad_input(cnn, kwargs, error, words):
   args = {"images": GOOD, "targets": np.array([0, 1]), **kwargs}
   with pytest.raises(error) as info:
     methods.integrated_gradients(cnn, **args)
-  for word in words:
-    assert word in str(info.value)
-
-
-@pytest.mark.parametrize(("kwargs", "error", "words"), [
-    ({"references": np.zeros((5, 1, 28, 28), np.float32)}, ValueError, ["references", "(R, 28"]),
-    ({"references": np.zeros((0, 28, 28, 1), np.float32)}, ValueError, ["references", "at least"]),
-    ({"references": np.zeros((5, 28, 28, 1), np.uint8)}, TypeError, ["references", "floating"]),
-    ({"references": np.full((5, 28, 28, 1), np.nan, np.float32)}, ValueError,
-     ["references", "finite"]),
-    ({"samples": 0}, ValueError, ["samples"]),
-    ({"key": None}, ValueError, ["key", "PRNG key"]),
-    ({"key": np.zeros(3, np.uint32)}, TypeError, ["key"]),
-    ({"targets": np.array([10, 0])}, ValueError, ["targets"]),
-])
-def test_expected_gradients_bad_input(cnn, kwargs, error, words):
-  args = {"images": GOOD, "targets": np.array([0, 1]),
-          "references": np.zeros((5, 28, 28, 1), np.float32), "samples": 4,
-          "key": jax.random.key(0), **kwargs}
-  with pytest.raises(error) as info:
-    methods.expected_gradients(cnn, **args)
   for word in words:
     assert word in str(info.value)

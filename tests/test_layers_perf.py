@@ -21,8 +21,13 @@ from hypothesis import strategies as st
 from jax import lax
 
 from saliency_guide import layers
-from saliency_guide.methods import gradients, guided_backprop, integrated_gradients, quadrature
-from saliency_guide.methods._modified_backprop import guided_relu
+from saliency_guide.methods import (
+  gradients,
+  guided_backprop,
+  guided_relu,
+  integrated_gradients,
+  quadrature,
+)
 from saliency_guide.models import CNN, GapCNN
 
 DN = ("NHWC", "HWIO", "NHWC")

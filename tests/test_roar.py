@@ -4,7 +4,11 @@ The task: the class is the brightness of a fixed 4x4 patch (dark for class 0,
 bright for class 1) on a noisy background, so the patch's 16 pixels hold all
 the information. Pinned down:
 
-* t = 0 reproduces the accuracy of the same training recipe run directly;
+* roar_rankings: each ranking is a permutation of the pixels per image that
+  puts the oracle's patch first, the same for a method and for its maps given
+  precomputed;
+* t = 0 reproduces the accuracy of the same training recipe run directly, and
+  the oracle's point that recipe run on the images with the patch replaced;
 * removing the 16 patch pixels (an oracle ranking) drops accuracy to chance,
   while removing as many random pixels does not;
 * fractions, repeats and the result's layout; ``remove_top_pixels`` replaces
@@ -71,6 +75,42 @@ def test_t0_reproduces_the_baseline_accuracy(result):
   # Same recipe and seed: the same model, up to floating-point noise.
   assert abs(result.accuracy["oracle"][0, 0] - expected) <= 0.01
   np.testing.assert_array_equal(result.accuracy["oracle"][:, 0], result.accuracy["random"][:, 0])
+
+
+def test_rankings_put_the_oracle_patch_first():
+  train_data, test_data = patch_data(384, 0), patch_data(256, 1)
+  model = tiny_mlp(nnx.Rngs(9))
+  rankings = metrics.roar_rankings(model, {"oracle": oracle}, train_data, test_data,
+                                   config=CONFIG)
+  assert set(rankings.ranks) == set(rankings.attribution_seconds) == {"oracle", "random"}
+  patch = np.zeros((28, 28), bool)
+  patch[PATCH] = True
+  for ranks, n in zip(rankings.ranks["oracle"], (384, 256), strict=True):
+    ranks = np.asarray(ranks)
+    assert ranks.shape == (n, 28, 28) and ranks.dtype == np.int32
+    np.testing.assert_array_equal(np.sort(ranks.reshape(n, -1), axis=1),
+                                  np.broadcast_to(np.arange(784), (n, 784)))
+    assert np.all(ranks[:, patch] < 16)  # the 16 patch pixels are removed first
+  random = np.asarray(rankings.ranks["random"][0])
+  assert not np.all(random[:, patch] < 16)
+  # Maps given precomputed rank exactly like the method that computes them.
+  (train_x, train_y), (test_x, test_y) = CONFIG.subsets(train_data, test_data)
+  given = metrics.roar_rankings(
+      model, {"oracle": (oracle(None, train_x, train_y), oracle(None, test_x, test_y))},
+      train_data, test_data, config=dataclasses.replace(CONFIG, random_baseline=False))
+  for a, b in zip(given.ranks["oracle"], rankings.ranks["oracle"], strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_point_of_the_curve_is_the_recipe_on_the_modified_images(result):
+  (x, y), (xt, yt) = patch_data(384, 0), patch_data(256, 1)
+  fill = x.mean(axis=(0, 1, 2))  # the oracle removes exactly the patch, in every image
+  for images in (x, xt):
+    images[:, PATCH[0], PATCH[1], :] = fill
+  direct = tiny_mlp(nnx.Rngs(CONFIG.seed))
+  train(direct, x, y, config=TrainConfig(epochs=4, batch_size=32, learning_rate=5e-3,
+                                         seed=CONFIG.seed), progress=False)
+  assert abs(result.accuracy["oracle"][0, 1] - accuracy(direct, xt, yt)) <= 0.01
 
 
 def test_oracle_removal_destroys_the_information_and_random_does_not(result):
@@ -154,15 +194,15 @@ def test_bad_input():
     metrics.roar(model, [oracle], data, data, config=CONFIG)
   with pytest.raises(TypeError, match="config: expected a ROARConfig"):
     metrics.roar(model, {"o": oracle}, data, data, config={"epochs": 1})
-  with pytest.raises(ValueError, match="train_data: expected images"):
+  with pytest.raises(ValueError, match="train_data images: expected NHWC shape"):
     metrics.roar(model, {"o": oracle}, (data[0][:, :, :, 0], data[1]), data, config=CONFIG)
-  with pytest.raises(ValueError, match="test_data: expected integer labels"):
+  with pytest.raises(TypeError, match="test_data labels: expected integer class indices"):
     metrics.roar(model, {"o": oracle}, data, (data[0], data[1].astype(float)), config=CONFIG)
   with pytest.raises(ValueError, match="train_data: expected at least batch_size"):
     metrics.roar(model, {"o": oracle}, patch_data(16, 0), data, config=CONFIG)
   with pytest.raises(ValueError, match="fraction: expected a number in"):
     metrics.remove_top_pixels(data[0], data[0], 2.0, fill=0.0)
-  with pytest.raises(ValueError, match="attributions: expected maps of shape"):
+  with pytest.raises(ValueError, match="attributions: expected shape"):
     metrics.remove_top_pixels(data[0], data[0][:, :4], 0.5, fill=0.0)
 
 

@@ -1,4 +1,5 @@
-"""Tests of :func:`saliency_guide.scale.explain_dataset` (streaming, sharding, order)."""
+"""Tests of :mod:`saliency_guide.scale`: padded batches, and explain_dataset (streaming,
+sharding, order)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from saliency_guide.methods import (
     smoothgrad,
 )
 from saliency_guide.models import CNN
-from saliency_guide.scale import explain_dataset
+from saliency_guide.scale import explain_dataset, padded_batches
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -61,6 +62,64 @@ class Recorder:
   def __call__(self, model, images, targets):
     self.calls.append((images.shape, images.sharding))
     return self._impl(images, targets)
+
+
+class Rows:
+  """An array-like dataset that records which rows are read (like a memory-mapped file)."""
+
+  def __init__(self, array):
+    self.array, self.shape, self.dtype, self.reads = array, array.shape, array.dtype, []
+
+  def __getitem__(self, index):
+    self.reads.append((index.start, index.stop))
+    return self.array[index]
+
+
+def test_padded_batches_cover_the_dataset_in_order_and_pad_the_last(data):
+  images, targets = data  # 11 images
+  batches = list(padded_batches(images, targets, 4))
+  assert [(b.start, b.count) for b in batches] == [(0, 4), (4, 4), (8, 3)]
+  for b in batches:
+    assert b.images.shape == (4, 28, 28, 1) and b.targets.shape == (4,)
+  np.testing.assert_array_equal(np.concatenate([b.images[:b.count] for b in batches]), images)
+  np.testing.assert_array_equal(np.concatenate([b.targets[:b.count] for b in batches]), targets)
+  last = batches[-1]  # padded by repeating its last image and target
+  np.testing.assert_array_equal(last.images[3], images[10])
+  assert last.targets[3] == targets[10]
+
+
+def test_padded_batches_round_up_and_read_lazily(data):
+  images, targets = data
+  rows = Rows(images)
+  batches = padded_batches(rows, targets, 3, multiple=2)  # 3 rounded up to 4
+  assert rows.reads == []  # nothing is read before the batches are asked for
+  first = next(batches)
+  assert first.images.shape[0] == 4 and rows.reads == [(0, 4)]
+  assert [b.start for b in batches] == [4, 8] and rows.reads == [(0, 4), (4, 8), (8, 12)]
+  (one,) = padded_batches(images[:2], targets[:2], 5)  # fewer images than a batch: padded
+  assert one.count == 2 and one.images.shape[0] == 5
+
+
+def test_padded_batches_give_the_32_bit_arrays_jax_would_make(data):
+  images, targets = data
+  batch = next(padded_batches(images.astype(np.float64), targets.astype(np.int64), 4))
+  assert batch.images.dtype == np.float32 and batch.targets.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size: expected an integer >= 1, got 0"),
+        ({"multiple": 0}, ValueError, "multiple: expected an integer >= 1, got 0"),
+        ({"targets": np.zeros(11)}, TypeError, "targets: expected integer class indices"),
+        ({"targets": np.zeros(3, int)}, ValueError, r"targets: expected shape \(11,\)"),
+        ({"images": np.zeros((11, 28, 28))}, ValueError, "images: expected NHWC shape"),
+    ],
+)
+def test_padded_batches_bad_arguments(data, kwargs, error, match):
+  args = {"images": data[0], "targets": data[1], "batch_size": 4} | kwargs
+  with pytest.raises(error, match=match):
+    padded_batches(**args)  # checked at the call, not at the first batch
 
 
 def test_matches_one_call_on_the_whole_dataset(model, data):
@@ -144,6 +203,8 @@ def test_bad_data(model, data):
     explain_dataset("gradients", model, images, targets, batch_size=4)
   with pytest.raises(TypeError, match="images: expected an array"):
     explain_dataset(gradients, model, images.tolist(), targets, batch_size=4)
+  with pytest.raises(TypeError, match="targets: expected integer class indices"):
+    explain_dataset(gradients, model, images, targets.astype(np.float32), batch_size=4)
 
 
 def test_a_two_dimensional_mesh_is_refused(model, data):

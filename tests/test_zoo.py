@@ -5,8 +5,11 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from saliency_guide import zoo
 from saliency_guide.models import MLP
@@ -63,6 +66,21 @@ def test_trains_once_then_loads_identical_weights(tiny_world):
     np.testing.assert_array_equal(value, _params(second.model)[key])
   assert second.eval_accuracy == first.eval_accuracy
   assert (first.train_split, first.eval_split) == ("train", "test")
+
+
+def test_a_loaded_model_shares_no_buffer_with_its_clones(tiny_world):
+  """Loaded parameters are JAX arrays: a clone edited in place leaves the cached model alone."""
+  zoo.pretrained("tiny", progress=False)
+  loaded = zoo.pretrained("tiny", progress=False)
+  assert loaded.from_cache
+  before = _params(loaded.model)
+  clone = nnx.clone(loaded.model)
+  for _, param in nnx.iter_graph(clone):
+    if isinstance(param, nnx.Param):
+      assert isinstance(param.get_value(), jax.Array)
+      param[...] = jnp.zeros_like(param[...])
+  for key, value in _params(loaded.model).items():
+    np.testing.assert_array_equal(value, before[key])
 
 
 @pytest.mark.parametrize("change", [

@@ -1,12 +1,12 @@
 """Attributions for whole datasets, sharded over every available device.
 
 :func:`explain_dataset` runs any saliency method of :mod:`saliency_guide.methods`
-over a dataset that is too large for one call: it streams fixed-size batches,
-splits each batch over the devices of a 1-D :class:`jax.sharding.Mesh` with a
-:class:`jax.sharding.NamedSharding`, and lets ``jax.jit`` (inside the method)
-compile one program that runs on all of them at once. Nothing about the methods
-changes: a sharded input is all it takes, because every method is jitted and
-treats the images of a batch independently.
+over a dataset that is too large for one call: it streams fixed-size batches
+(:func:`padded_batches`), splits each batch over the devices of a 1-D
+:class:`jax.sharding.Mesh` with a :class:`jax.sharding.NamedSharding`, and lets
+``jax.jit`` (inside the method) compile one program that runs on all of them at
+once. Nothing about the methods changes: a sharded input is all it takes,
+because every method is jitted and treats the images of a batch independently.
 """
 
 from __future__ import annotations
@@ -14,35 +14,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from saliency_guide.validation import check_positive_int
+from saliency_guide.validation import check_callable, check_dataset, check_positive_int
 
-__all__ = ["explain_dataset"]
+__all__ = ["PaddedBatch", "explain_dataset", "padded_batches"]
 
 #: Show a progress bar by default from this many batches on.
 PROGRESS_MIN_BATCHES = 8
-
-
-def _check_arrays(images: Any, targets: Any) -> tuple[Any, Any]:
-  for name, value in (("images", images), ("targets", targets)):
-    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-      raise TypeError(f"{name}: expected an array (NumPy or JAX), got {type(value).__name__}")
-  if len(images.shape) != 4:
-    raise ValueError(f"images: expected NHWC shape (N, H, W, C), got {tuple(images.shape)}")
-  if images.shape[0] == 0:
-    raise ValueError("images: expected at least one image, got N = 0")
-  if tuple(targets.shape) != (images.shape[0],):
-    raise ValueError(f"targets: expected shape ({images.shape[0]},), one class per image, got "
-                     f"{tuple(targets.shape)}")
-  return images, targets
 
 
 def _default_mesh() -> Mesh:
@@ -69,6 +55,76 @@ def _canonical(x: np.ndarray) -> np.ndarray:
   if x.dtype == np.int64:
     return x.astype(np.int32)
   return x
+
+
+class PaddedBatch(NamedTuple):
+  """One batch of :func:`padded_batches`: always ``size`` rows, the first ``count`` real.
+
+  Attributes:
+    images: ``(size, H, W, C)`` NumPy images, rows ``start .. start + count - 1``
+      of the dataset, then copies of the last of them.
+    targets: ``(size,)`` NumPy targets, padded the same way.
+    start: index in the dataset of the first row.
+    count: number of real rows; the results of the others are to be dropped.
+  """
+
+  images: np.ndarray
+  targets: np.ndarray
+  start: int
+  count: int
+
+
+def padded_batches(
+    images: Any, targets: Any, batch_size: int, *, multiple: int = 1
+) -> Iterator[PaddedBatch]:
+  r"""A dataset in batches of one fixed size, the last one padded, as NumPy arrays.
+
+  With :math:`B` = ``batch_size`` rounded up to a multiple of ``multiple``,
+  batch :math:`k` holds images :math:`kB, \dots, \min(kB + B, N) - 1`; the
+  last, partial batch is padded to :math:`B` rows by repeating its last image
+  (and target). Every batch has the same shape, so a jitted function applied
+  to each compiles once; its results for the padding are dropped by keeping
+  the first ``count`` rows. Rows are read lazily (``images[a:b]``, so a
+  memory-mapped dataset is read one batch at a time), and 64-bit NumPy data
+  become the 32-bit arrays JAX would make of them (unless ``jax_enable_x64``).
+
+  Args:
+    images: array ``(N, H, W, C)`` (NumPy, JAX or memory-mapped).
+    targets: integer array ``(N,)``.
+    batch_size: rows per batch, before rounding.
+    multiple: round ``batch_size`` up to a multiple of this (e.g. the number of
+      devices a batch is split over).
+
+  Returns:
+    An iterator of :class:`PaddedBatch`, in dataset order.
+
+  Raises:
+    TypeError, ValueError: bad ``images``, ``targets``, ``batch_size`` or ``multiple``.
+
+  Example:
+    >>> import numpy as np
+    >>> images, targets = np.zeros((5, 2, 2, 1), np.float32), np.arange(5)
+    >>> [(b.start, b.count, b.targets.tolist()) for b in padded_batches(images, targets, 2)]
+    [(0, 2, [0, 1]), (2, 2, [2, 3]), (4, 1, [4, 4])]
+    >>> [b.images.shape[0] for b in padded_batches(images, targets, 3, multiple=2)]
+    [4, 4]
+  """
+  images, targets = check_dataset(images, targets)
+  batch_size = check_positive_int("batch_size", batch_size)
+  multiple = check_positive_int("multiple", multiple)
+  return _padded_batches(images, targets, math.ceil(batch_size / multiple) * multiple)
+
+
+def _padded_batches(images: Any, targets: Any, size: int) -> Iterator[PaddedBatch]:
+  """:func:`padded_batches` on checked arguments, ``size`` rows per batch."""
+  for start in range(0, images.shape[0], size):
+    x = _canonical(np.asarray(images[start:start + size]))
+    t = _canonical(np.asarray(targets[start:start + size]))
+    count = x.shape[0]
+    if count < size:  # pad the last batch by repeating its last image
+      x = np.concatenate([x, np.repeat(x[-1:], size - count, axis=0)])
+      t = np.concatenate([t, np.repeat(t[-1:], size - count, axis=0)])
+    yield PaddedBatch(x, t, start, count)
 
 
 def _global_array(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -111,8 +167,8 @@ def explain_dataset(
   ``PartitionSpec(axis)``) and the model's parameters are replicated on all of
   them, so the method's jitted code runs on every device at once. A batch size
   that is not a multiple of ``D`` is rounded up, and the last, partial batch is
-  padded by repeating its last image: every call has the same shape, so the
-  method compiles once. Padded results are dropped. The next batch is
+  padded by repeating its last image (:func:`padded_batches`): every call has
+  the same shape, so the method compiles once. Padded results are dropped. The next batch is
   dispatched before the previous one is copied back to the host, so the copy
   overlaps the computation.
 
@@ -181,10 +237,8 @@ def explain_dataset(
     >>> bool(np.allclose(maps, gradients(model, images, targets), rtol=1e-5, atol=1e-7))
     True
   """
-  if not callable(method):
-    raise TypeError(f"method: expected a saliency method method(model, images, targets, "
-                    f"**options), got {type(method).__name__}")
-  images, targets = _check_arrays(images, targets)
+  check_callable("method", method, "a saliency method method(model, images, targets, **options)")
+  images, targets = check_dataset(images, targets)
   batch_size = check_positive_int("batch_size", batch_size)
   workers = check_positive_int("workers", workers)
   if workers > 1 and jax.process_count() > 1:
@@ -206,9 +260,8 @@ def explain_dataset(
   model = nnx.merge(graphdef, jax.device_put(state, replicated))
 
   n = images.shape[0]
-  starts = range(0, n, per_call)
   if progress is None:
-    progress = len(starts) >= PROGRESS_MIN_BATCHES
+    progress = math.ceil(n / per_call) >= PROGRESS_MIN_BATCHES
   bar = None
   if progress:
     from tqdm import tqdm
@@ -243,13 +296,7 @@ def explain_dataset(
     with contextlib.ExitStack() as stack:
       pool = (stack.enter_context(futures.ThreadPoolExecutor(workers, "explain_dataset"))
               if workers > 1 else None)
-      for start in starts:
-        x = _canonical(np.asarray(images[start:start + per_call]))
-        t = _canonical(np.asarray(targets[start:start + per_call]))
-        count = x.shape[0]
-        if count < per_call:  # pad the last batch by repeating its last image
-          x = np.concatenate([x, np.repeat(x[-1:], per_call - count, axis=0)])
-          t = np.concatenate([t, np.repeat(t[-1:], per_call - count, axis=0)])
+      for x, t, start, count in _padded_batches(images, targets, per_call):
         if pool is None:
           job = call(x, t)  # dispatched asynchronously
         else:  # a worker thread waits for its batch: XLA:CPU runs the threads' calls at once

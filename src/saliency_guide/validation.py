@@ -24,6 +24,7 @@ __all__ = [
     "check_array",
     "check_callable",
     "check_choice",
+    "check_dataset",
     "check_flag",
     "check_image_batch",
     "check_inputs",
@@ -154,6 +155,51 @@ channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
         f"{targets_arr.min()} to {targets_arr.max()}"
     )
   return images, jnp.asarray(targets_arr, jnp.int32)
+
+
+def check_dataset(
+    images: Any, targets: Any, *, names: tuple[str, str] = ("images", "targets")
+) -> tuple[Any, Any]:
+  """A dataset to stream: ``(N, H, W, C)`` images and ``(N,)`` integer targets, ``N >= 1``.
+
+  For functions that process a dataset batch by batch
+  (:func:`~saliency_guide.scale.explain_dataset`, ROAR): only shapes and dtypes are
+  checked, and the arrays are returned as given (NumPy, JAX or memory-mapped),
+  since converting or scanning a whole dataset would defeat streaming. The
+  method that receives each batch checks its values (:func:`check_inputs`).
+
+  Args:
+    images: array ``(N, H, W, C)``.
+    targets: integer array ``(N,)``.
+    names: the two arguments' names in error messages.
+
+  Returns:
+    ``(images, targets)``, unchanged.
+
+  Example:
+    >>> check_dataset(np.zeros((4, 28, 28, 1)), np.arange(3))
+    Traceback (most recent call last):
+    ...
+    ValueError: targets: expected shape (4,), one class per image, got (3,)
+  """
+  images_name, targets_name = names
+  for name, value in ((images_name, images), (targets_name, targets)):
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+      raise TypeError(f"{name}: expected an array (NumPy or JAX), got {describe(value)}")
+  if len(images.shape) != 4:
+    raise ValueError(
+        f"{images_name}: expected NHWC shape (N, H, W, C), got {tuple(images.shape)}"
+    )
+  if images.shape[0] == 0:
+    raise ValueError(f"{images_name}: expected at least one image, got N = 0")
+  if not np.issubdtype(targets.dtype, np.integer):
+    raise TypeError(f"{targets_name}: expected integer class indices, got dtype {targets.dtype}")
+  if tuple(targets.shape) != (images.shape[0],):
+    raise ValueError(
+        f"{targets_name}: expected shape ({images.shape[0]},), one class per image, got "
+        f"{tuple(targets.shape)}"
+    )
+  return images, targets
 
 
 def check_positive_int(name: str, value: Any) -> int:

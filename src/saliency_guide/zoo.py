@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import platformdirs
 from flax import nnx
@@ -207,7 +208,10 @@ def _load_params(model: nnx.Module, path: Path) -> None:
                          f"model has {leaf.shape} {leaf.dtype}")
       if not np.isfinite(value).all():
         raise ValueError(f"{jax.tree_util.keystr(p)}: non-finite values")
-      values.append(value)
+      # JAX arrays, not NumPy buffers: NNX writes into a NumPy-backed parameter in
+      # place, so a clone (nnx.clone shares the buffer) edited in place would edit
+      # the cached model too.
+      values.append(jnp.asarray(value))
   nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, values))
   nnx.update(model, state)
 

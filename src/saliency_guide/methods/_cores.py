@@ -14,6 +14,7 @@ a :class:`Core`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
@@ -44,19 +45,29 @@ class Core(NamedTuple):
     return self.fn(model, images, targets, self.operands, **dict(self.static))
 
 
-_PREPARE: dict[Callable[..., Any], Callable[..., Core]] = {}
+# Weak keys: a wrapper such as ``smoothgrad(...)`` registers each method it returns,
+# and the entry goes when that method does.
+_PREPARE: weakref.WeakKeyDictionary[Callable[..., Any], Callable[..., Core | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def register(method: Callable[..., Any], prepare: Callable[..., Core]) -> None:
-  """Record ``prepare(images, **options) -> Core`` as the core of the public ``method``."""
+def register(method: Callable[..., Any], prepare: Callable[..., Core | None]) -> None:
+  """Record ``prepare(images, **options) -> Core`` as the core of the public ``method``.
+
+  ``prepare`` may return ``None`` where the method has no core for these options
+  (e.g. a SmoothGrad of a callable without one).
+  """
   _PREPARE[method] = prepare
 
 
-def core(method: Callable[..., Any], images: jax.Array, **options: Any) -> Core | None:
+def core(method: Callable[..., Any], images: jax.Array, /, **options: Any) -> Core | None:
   """The :class:`Core` of a registered ``method`` with ``options`` checked, else ``None``.
 
   ``images`` are the checked images the core will explain (some options, such
-  as a baseline array, are checked against their shape).
+  as a baseline array, are checked against their shape). ``method`` and
+  ``images`` are positional-only, so that an option named ``method`` (the
+  quadrature rule of Integrated Gradients) passes through.
 
   Example:
     >>> import jax.numpy as jnp

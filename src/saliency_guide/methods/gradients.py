@@ -23,22 +23,28 @@ from saliency_guide.validation import check_inputs
 
 __all__ = ["gradients", "logit_gradient", "target_logits"]
 
-def target_logits(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
+
+def target_logits(
+    model: nnx.Module, images: jax.Array, targets: jax.Array
+) -> jax.Array:
   r"""The target logits :math:`f_{c_b}(x_b)` of a batch, shape ``(B,)``.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from saliency_guide.models import MLP
-    >>> target_logits(MLP(rngs=nnx.Rngs(0)), jnp.zeros((2, 28, 28, 1)), jnp.array([0, 1])).shape
+    >>> model = MLP(rngs=nnx.Rngs(0))
+    >>> target_logits(model, jnp.zeros((2, 28, 28, 1)), jnp.array([0, 1])).shape
     (2,)
   """
   logits = model(images)
   return jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
 
 
-def logit_gradient(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
-  r""":math:`\partial f_{c_b}(x_b) / \partial x_b` for every image of a batch, shape of ``images``.
+def logit_gradient(
+    model: nnx.Module, images: jax.Array, targets: jax.Array
+) -> jax.Array:
+  r""":math:`\partial f_{c_b}(x_b) / \partial x_b` of a batch, shape of ``images``.
 
   Examples of a batch do not interact in these models, so the gradient of the
   *sum* of the target logits with respect to the batch is the batch of
@@ -48,14 +54,16 @@ def logit_gradient(model: nnx.Module, images: jax.Array, targets: jax.Array) -> 
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from saliency_guide.models import MLP
-    >>> logit_gradient(MLP(rngs=nnx.Rngs(0)), jnp.zeros((2, 28, 28, 1)), jnp.array([0, 1])).shape
+    >>> model = MLP(rngs=nnx.Rngs(0))
+    >>> logit_gradient(model, jnp.zeros((2, 28, 28, 1)), jnp.array([0, 1])).shape
     (2, 28, 28, 1)
   """
   return jax.grad(lambda x: target_logits(model, x, targets).sum())(images)
 
 
-def _gradients_core(model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None
-                    ) -> jax.Array:
+def _gradients_core(
+    model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None
+) -> jax.Array:
   """Traceable core of :func:`gradients` on checked inputs (no options)."""
   del operands
   return logit_gradient(model, images, targets)

@@ -4,8 +4,9 @@
   random-ranking baseline.
 * Similarity of maps (Spearman rank correlation, SSIM) and the randomisation
   sanity checks of Adebayo et al. (2018): model parameters (cascading and
-  independent) and data (shuffled labels).
-* ROAR, remove and retrain (Hooker et al., 2019).
+  independent; the randomised copies themselves) and data (shuffled labels).
+* ROAR, remove and retrain (Hooker et al., 2019): the pixel rankings, then the
+  retraining curves.
 * Completeness of path methods (Sundararajan et al., 2017).
 
 Every metric accepts maps ``(B, H, W, C)`` (per feature) and ``(B, H, W)``
@@ -14,7 +15,6 @@ summing over channels (:func:`pixel_scores`).
 """
 
 # Shared.
-from saliency_guide.metrics._batching import attribute_batched as attribute_batched
 from saliency_guide.metrics._common import mean_and_sem as mean_and_sem
 from saliency_guide.metrics._common import pixel_scores as pixel_scores
 from saliency_guide.metrics._common import rank_pixels as rank_pixels
@@ -37,13 +37,17 @@ from saliency_guide.metrics._randomization import RANDOMIZATION_MODES as RANDOMI
 from saliency_guide.metrics._randomization import RandomizationResult as RandomizationResult
 from saliency_guide.metrics._randomization import data_randomization as data_randomization
 from saliency_guide.metrics._randomization import model_randomization as model_randomization
+from saliency_guide.metrics._randomization import parameter_layers as parameter_layers
+from saliency_guide.metrics._randomization import randomize_layers as randomize_layers
 from saliency_guide.metrics._randomization import randomized_models as randomized_models
 
 # ROAR.
 from saliency_guide.metrics._roar import ROARConfig as ROARConfig
+from saliency_guide.metrics._roar import ROARRankings as ROARRankings
 from saliency_guide.metrics._roar import ROARResult as ROARResult
 from saliency_guide.metrics._roar import remove_top_pixels as remove_top_pixels
 from saliency_guide.metrics._roar import roar as roar
+from saliency_guide.metrics._roar import roar_rankings as roar_rankings
 
 # Similarity of maps.
 from saliency_guide.metrics._similarity import Similarity as Similarity

@@ -16,45 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_attributions", "mean_and_sem", "pixel_scores", "rank_pixels"]
-
-
-def check_attributions(
-    attributions: Any, images: jax.Array, name: str = "attributions"
-) -> jax.Array:
-  """Validate maps for ``images`` and return their per-pixel scores ``(B, H, W)``.
-
-  Args:
-    attributions: ``(B, H, W, C)`` or ``(B, H, W)`` float array, finite.
-    images: the validated ``(B, H, W, C)`` images the maps explain.
-    name: argument name used in error messages.
-
-  Returns:
-    float32 array ``(B, H, W)`` (channels summed).
-
-  Raises:
-    TypeError: not a floating array.
-    ValueError: shape does not match ``images`` or values are not finite.
-  """
-  if not hasattr(attributions, "shape") or not hasattr(attributions, "dtype"):
-    raise TypeError(
-        f"{name}: expected a float array (B, H, W) or (B, H, W, C), "
-        f"got {type(attributions).__name__}"
-    )
-  if not jnp.issubdtype(attributions.dtype, jnp.floating):
-    raise TypeError(f"{name}: expected a floating dtype, got {attributions.dtype}")
-  batch, height, width, _ = images.shape
-  shape = tuple(attributions.shape)
-  if shape not in ((batch, height, width), tuple(images.shape)):
-    raise ValueError(
-        f"{name}: expected shape {(batch, height, width)} (a per-pixel map) or "
-        f"{tuple(images.shape)} (the images' shape), got {shape}"
-    )
-  attributions = jnp.asarray(attributions, jnp.float32)
-  if not bool(jnp.isfinite(attributions).all()):
-    bad = int((~jnp.isfinite(attributions)).sum())
-    raise ValueError(f"{name}: expected finite values, got {bad} NaN or Inf value(s)")
-  return pixel_scores(attributions)
+__all__ = ["mean_and_sem", "pixel_scores", "rank_pixels"]
 
 
 def pixel_scores(attributions: jax.Array) -> jax.Array:

@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from saliency_guide.methods.gradients import target_logits
-from saliency_guide.validation import check_inputs
-from saliency_guide.metrics._common import check_attributions
+from saliency_guide.metrics._common import pixel_scores
+from saliency_guide.validation import check_array, check_inputs, check_maps
 
 __all__ = ["completeness_delta"]
 
@@ -59,8 +58,8 @@ def completeness_delta(
     images: ``(B, H, W, C)`` inputs :math:`x`.
     targets: ``(B,)`` explained classes :math:`c`.
     attributions: ``(B, H, W, C)`` or ``(B, H, W)`` maps :math:`\phi`.
-    baselines: :math:`x'`: a number or an array broadcastable to ``images``
-      (default 0, the black image).
+    baselines: :math:`x'`: a number, one image ``(H, W, C)`` or ``(1, H, W, C)``,
+      or one per image ``(B, H, W, C)`` (default 0, the black image).
 
   Returns:
     float32 array ``(B,)``.
@@ -87,20 +86,7 @@ def completeness_delta(
     Networks.* ICML 2017. arXiv:1703.01365.
   """
   images, targets = check_inputs(model, images, targets)
-  scores = check_attributions(attributions, images)
-  if isinstance(baselines, bool) or not (
-      isinstance(baselines, int | float) or hasattr(baselines, "shape")
-  ):
-    raise TypeError(f"baselines: expected a number or an array, got {baselines!r}")
-  base = jnp.asarray(baselines, jnp.float32)
-  try:
-    base = jnp.broadcast_to(base, images.shape)
-  except ValueError:
-    raise ValueError(
-        f"baselines: expected an array broadcastable to the images' shape "
-        f"{tuple(images.shape)}, got shape {tuple(base.shape)}"
-    ) from None
-  if not bool(jnp.isfinite(base).all()):
-    raise ValueError("baselines: expected finite values, got NaN or Inf")
+  scores = pixel_scores(check_maps("attributions", attributions, images))
+  base = check_array("baselines", baselines, images.shape)
   return _delta(model, images, targets, scores, base)
 

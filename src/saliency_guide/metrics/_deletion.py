@@ -33,8 +33,17 @@ import numpy as np
 from flax import nnx
 
 from saliency_guide.methods.gradients import target_logits
-from saliency_guide.validation import check_choice, check_inputs, check_positive_int
-from saliency_guide.metrics._common import check_attributions, rank_pixels
+from saliency_guide.metrics._common import pixel_scores, rank_pixels
+from saliency_guide.validation import (
+    check_array,
+    check_choice,
+    check_flag,
+    check_inputs,
+    check_key,
+    check_maps,
+    check_number,
+    check_positive_int,
+)
 
 __all__ = [
     "SCORES",
@@ -110,7 +119,8 @@ def make_substrate(
     (all images, pixels and channels; about 0.13 for MNIST digits), i.e. the
     dataset mean when ``images`` is the dataset. To use another set's mean,
     pass it as a number.
-  * a number or an array broadcastable to ``images``: used as given.
+  * a number, one image ``(H, W, C)`` or ``(1, H, W, C)``, or an array of the
+    images' shape: used as given (a finite float array; nothing else is broadcast).
 
   Args:
     images: ``(B, H, W, C)`` float images.
@@ -134,26 +144,8 @@ def make_substrate(
       return jnp.zeros_like(images)
     if substrate == "mean":
       return jnp.full_like(images, images.mean())
-    if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, int | float) or blur_sigma <= 0:
-      raise ValueError(f"blur_sigma: expected a positive number of pixels, got {blur_sigma!r}")
-    return _blur(images, float(blur_sigma))
-  if isinstance(substrate, bool) or not (
-      isinstance(substrate, int | float) or hasattr(substrate, "shape")
-  ):
-    raise TypeError(
-        f"substrate: expected one of {SUBSTRATES}, a number or an array, got {substrate!r}"
-    )
-  value = jnp.asarray(substrate, jnp.float32)
-  try:
-    value = jnp.broadcast_to(value, images.shape)
-  except ValueError:
-    raise ValueError(
-        f"substrate: expected an array broadcastable to the images' shape {tuple(images.shape)}, "
-        f"got shape {tuple(value.shape)}"
-    ) from None
-  if not bool(jnp.isfinite(value).all()):
-    raise ValueError("substrate: expected finite values, got NaN or Inf")
-  return value
+    return _blur(images, check_number("blur_sigma", blur_sigma, hint=" (pixels)"))
+  return check_array("substrate", substrate, images.shape)
 
 
 def random_attributions(key: jax.Array, images: jax.Array) -> jax.Array:
@@ -229,19 +221,15 @@ def _run(
     internal_batch_size: int,
 ) -> Curves:
   images, targets = check_inputs(model, images, targets)
-  scores = check_attributions(attributions, images)
+  scores = pixel_scores(check_maps("attributions", attributions, images))
   steps = check_positive_int("steps", steps)
   pixels = images.shape[1] * images.shape[2]
   if steps > pixels:
     raise ValueError(f"steps: expected at most the number of pixels ({pixels}), got {steps}")
   check_choice("score", score, SCORES)
   per_pass = check_positive_int("internal_batch_size", internal_batch_size)
-  if not isinstance(absolute, bool):
-    raise TypeError(f"absolute: expected True or False, got {absolute!r}")
-  if key is None:
-    key = jax.random.key(0)
-  elif not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-    raise TypeError(f"key: expected a JAX PRNG key (jax.random.key(seed)), got {key!r}")
+  check_flag("absolute", absolute)
+  key = jax.random.key(0) if key is None else check_key(key)
   fill = make_substrate(images, substrate, blur_sigma=blur_sigma)
   return _curves(
       model, images, targets, scores, fill, key,

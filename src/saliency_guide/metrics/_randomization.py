@@ -1,11 +1,13 @@
 r"""Randomisation tests (Adebayo et al., 2018): does the map depend on what the model learnt?
 
-* **Model-parameter randomisation.** Re-initialise the model's layers and
-  compare the maps before and after (:func:`model_randomization`). In the
-  *cascading* test the layers are randomised from the top (logits) down,
-  cumulatively; in the *independent* test one layer at a time, the others
-  trained. A map that stays the same while the weights that produce the
-  decision are destroyed cannot be explaining the decision.
+* **Model-parameter randomisation.** Re-initialise the model's layers
+  (:func:`randomize_layers`; :func:`parameter_layers` lists them in
+  forward-pass order) and compare the maps before and after
+  (:func:`model_randomization`). In the *cascading* test the layers are
+  randomised from the top (logits) down, cumulatively; in the *independent*
+  test one layer at a time, the others trained (:func:`randomized_models`
+  builds either sequence). A map that stays the same while the weights that
+  produce the decision are destroyed cannot be explaining the decision.
 * **Data randomisation.** Compare the maps of the trained model with those of
   the same architecture trained on randomly permuted labels
   (:func:`data_randomization`; ``saliency_guide.pretrained(name,
@@ -13,40 +15,337 @@ r"""Randomisation tests (Adebayo et al., 2018): does the map depend on what the 
   that still looks like the real model's reflects the input and the
   architecture, not the learnt relation between digits and labels.
 
-The models themselves come from :mod:`saliency_guide.sanity`
-(:func:`~saliency_guide.sanity.randomize_layers`,
-:func:`~saliency_guide.sanity.cascading_randomization`); similarity is
-:func:`~saliency_guide.metrics.similarity`.
+Similarity is :func:`~saliency_guide.metrics.similarity` (Spearman's
+:math:`\rho` and SSIM). Nothing here modifies the model it is given.
+
+References:
+  J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim.
+  *Sanity Checks for Saliency Maps.* NeurIPS 2018. arXiv:1810.03292.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.validation import check_choice, check_inputs, check_positive_int
-from saliency_guide.metrics._batching import attribute_batched
 from saliency_guide.metrics._common import pixel_scores
 from saliency_guide.metrics._similarity import Similarity, similarity
-from saliency_guide.sanity import cascading_randomization, parameter_layers, randomize_layers
+from saliency_guide.scale import explain_dataset
+from saliency_guide.validation import (
+    check_callable,
+    check_choice,
+    check_inputs,
+    check_key,
+    check_positive_int,
+    model_channels,
+)
 
 __all__ = [
     "RANDOMIZATION_MODES",
     "RandomizationResult",
     "data_randomization",
     "model_randomization",
+    "parameter_layers",
+    "randomize_layers",
     "randomized_models",
 ]
 
 RANDOMIZATION_MODES = ("cascading", "independent")
-"""Modes of :func:`model_randomization`."""
+"""Modes of :func:`randomized_models` and :func:`model_randomization`."""
 
 Method = Callable[..., jax.Array]
+Initializer = Callable[..., jax.Array]
+
+#: Initialisers of ``nnx.Linear`` and ``nnx.Conv`` (and of the models here).
+DEFAULT_KERNEL_INIT: Initializer = jax.nn.initializers.lecun_normal()
+DEFAULT_BIAS_INIT: Initializer = jax.nn.initializers.zeros
+
+# ---------------------------------------------------------------------------------------
+# The layers of a model, in forward-pass order.
+# ---------------------------------------------------------------------------------------
+
+
+def _own_params(module: nnx.Module) -> list[tuple[str, nnx.Param]]:
+  """The ``nnx.Param`` attributes of ``module`` itself (not of its submodules)."""
+  return [(k, v) for k, v in vars(module).items() if isinstance(v, nnx.Param)]
+
+
+def _layers(model: nnx.Module) -> dict[str, nnx.Module]:
+  """``{name: submodule}`` for the submodules that own params (unordered)."""
+  return {
+      "/".join(str(p) for p in path): module
+      for path, module in nnx.iter_modules(model)
+      if _own_params(module)
+  }
+
+
+def _subjaxpr(eqn) -> jax.extend.core.Jaxpr | None:
+  """The jaxpr an equation calls with its own inputs (jit, custom_jvp/vjp), if any."""
+  for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+    sub = eqn.params.get(name)
+    sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+    if isinstance(sub, jax.extend.core.Jaxpr) and len(sub.invars) == len(eqn.invars):
+      return sub
+  return None
+
+
+def _first_use_order(jaxpr: jax.extend.core.Jaxpr, n: int) -> list[int]:
+  """Indices ``0..n-1`` of the first ``n`` inputs of ``jaxpr``, in order of first use."""
+  order: list[int] = []
+
+  def tracked(v, index_of):
+    return not isinstance(v, jax.extend.core.Literal) and v in index_of
+
+  def visit(jaxpr, index_of):
+    for eqn in jaxpr.eqns:
+      used = [index_of[v] for v in eqn.invars if tracked(v, index_of)]
+      if not used:
+        continue
+      sub = _subjaxpr(eqn)
+      if sub is not None:  # first uses inside a called function, in its own order
+        pairs = zip(eqn.invars, sub.invars, strict=True)
+        visit(sub, {inner: index_of[outer] for outer, inner in pairs if tracked(outer, index_of)})
+      order.extend(i for i in used if i not in order)
+
+  visit(jaxpr, {v: i for i, v in enumerate(jaxpr.invars[:n])})
+  return order
+
+
+def parameter_layers(
+    model: nnx.Module, images: jax.Array | jax.ShapeDtypeStruct | None = None
+) -> tuple[str, ...]:
+  """Names of the submodules that own ``nnx.Param`` variables, in forward-pass order.
+
+  A name is the attribute path joined by ``/`` (``"conv1"``, ``"hidden/0"``).
+  The order is the order in which the forward pass on ``images`` first uses a
+  parameter of each layer, read from the traced program (``jax.make_jaxpr``;
+  nothing is computed), so it does not depend on how the model's attributes
+  were assigned or stored. Layers whose parameters the forward pass never uses
+  come last, in alphabetical order.
+
+  Args:
+    model: an ``nnx.Module`` taking a batch of images.
+    images: an example input, or just its ``jax.ShapeDtypeStruct``. Default: one
+      image of shape ``model.image_shape`` if the model has that attribute, else
+      ``(28, 28, C)`` with ``C`` the model's input channels — the input of every
+      model in :mod:`saliency_guide.models`.
+
+  Returns:
+    The layer names, input to output.
+
+  Raises:
+    ValueError: the model cannot be traced on the default input (pass ``images``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from saliency_guide.models import CNN, MLP
+    >>> # Only shapes are needed: an abstract model (no weights drawn) is enough.
+    >>> cnn = nnx.eval_shape(lambda: CNN(rngs=nnx.Rngs(0)))
+    >>> parameter_layers(cnn)
+    ('conv1', 'conv2', 'dense', 'head')
+    >>> parameter_layers(cnn, jax.ShapeDtypeStruct((8, 28, 28, 1), jnp.float32))
+    ('conv1', 'conv2', 'dense', 'head')
+    >>> parameter_layers(nnx.eval_shape(lambda: MLP(rngs=nnx.Rngs(0))))
+    ('hidden/0', 'hidden/1', 'head')
+  """
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  flat = nnx.to_flat_state(params)
+  names = ["/".join(str(p) for p in path[:-1]) for path, _ in flat]
+  arrays = [jax.ShapeDtypeStruct(v.shape, v.dtype) for _, v in flat]
+  if images is None:
+    shape = getattr(model, "image_shape", None) or (28, 28, model_channels(model) or 1)
+    example = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+  else:
+    example = jax.ShapeDtypeStruct(images.shape, images.dtype)
+
+  def forward(arrays, images):
+    pairs = zip(flat, arrays, strict=True)
+    new = nnx.from_flat_state([(path, v.replace(a)) for (path, v), a in pairs])
+    return nnx.merge(graphdef, new, rest)(images)
+
+  try:
+    jaxpr = jax.make_jaxpr(forward)(arrays, example).jaxpr
+  except (TypeError, ValueError) as error:
+    if images is not None:
+      raise
+    raise ValueError(
+        f"model: cannot trace {type(model).__name__} on the default input of shape "
+        f"{example.shape} ({error}); pass an example batch as images="
+    ) from error
+  ordered = []
+  for i in _first_use_order(jaxpr, len(arrays)):
+    if names[i] not in ordered:
+      ordered.append(names[i])
+  return (*ordered, *sorted(set(names) - set(ordered)))
+
+
+def _check_layer_names(model: nnx.Module, layers: object) -> tuple[str, ...]:
+  known = tuple(sorted(_layers(model)))
+  if isinstance(layers, str) or not isinstance(layers, Sequence):
+    raise TypeError(
+        f"layers: expected a sequence of layer names from {known}, got {layers!r}"
+    )
+  unknown = [name for name in layers if name not in known]
+  if unknown:
+    raise ValueError(f"layers: expected names from {known}, got unknown {unknown}")
+  return tuple(layers)
+
+
+# ---------------------------------------------------------------------------------------
+# Randomised copies.
+# ---------------------------------------------------------------------------------------
+
+
+def randomize_layers(
+    model: nnx.Module,
+    layers: Sequence[str],
+    key: jax.Array,
+    *,
+    kernel_init: Initializer = DEFAULT_KERNEL_INIT,
+    bias_init: Initializer = DEFAULT_BIAS_INIT,
+) -> nnx.Module:
+  r"""A copy of ``model`` with the parameters of ``layers`` re-initialised.
+
+  Every ``nnx.Param`` owned by a selected layer is redrawn: arrays of rank
+  :math:`\ge 2` (kernels) from ``kernel_init``, others (biases) from
+  ``bias_init``; the defaults are those of ``nnx.Linear``/``nnx.Conv``
+  (LeCun-normal kernels, zero biases), i.e. the layer is put back to a fresh
+  initialisation, as in Adebayo et al. (2018). Every other variable is copied
+  unchanged, and ``model`` itself is not modified.
+
+  The random draw of a layer depends only on ``key`` and the layer's name, so a
+  layer gets the same new weights whichever other layers are randomised with it.
+
+  Args:
+    model: an ``nnx.Module``.
+    layers: names of layers that own params, as :func:`parameter_layers` gives them.
+    key: a JAX PRNG key.
+    kernel_init: initialiser ``(key, shape, dtype) -> array`` for rank-≥2 params.
+    bias_init: initialiser for rank-0/1 params.
+
+  Returns:
+    The randomised copy.
+
+  Raises:
+    TypeError: ``layers`` is not a sequence of names, or ``key`` not a PRNG key.
+    ValueError: a name is not a layer of ``model``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from saliency_guide.models import MLP
+    >>> model = MLP(hidden=(8,), rngs=nnx.Rngs(0))
+    >>> random = randomize_layers(model, ["head"], jax.random.key(1))
+    >>> bool(jnp.array_equal(random.head.kernel[...], model.head.kernel[...]))
+    False
+    >>> bool(jnp.array_equal(random.hidden[0].kernel[...], model.hidden[0].kernel[...]))
+    True
+
+  References:
+    J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim.
+    *Sanity Checks for Saliency Maps.* NeurIPS 2018. arXiv:1810.03292.
+  """
+  names = _check_layer_names(model, layers)
+  key = check_key(key, "randomize_layers")
+  return _randomized(model, names, key, kernel_init, bias_init)
+
+
+def _randomized(
+    model: nnx.Module, names: Sequence[str], key: jax.Array, kernel_init: Initializer,
+    bias_init: Initializer,
+) -> nnx.Module:
+  """:func:`randomize_layers` on checked layer names and key."""
+  copy = nnx.clone(model)
+  by_name = _layers(copy)
+  for name in names:
+    layer_key = jax.random.fold_in(key, zlib.crc32(name.encode()))
+    for param_name, param in _own_params(by_name[name]):
+      value = param[...]
+      init = kernel_init if value.ndim >= 2 else bias_init
+      param_key = jax.random.fold_in(layer_key, zlib.crc32(param_name.encode()))
+      # A new value, not a write into the old one: a clone shares the original's
+      # buffers, and a NumPy buffer (as loaded from a checkpoint) is written in place.
+      param.set_value(init(param_key, value.shape, value.dtype))
+  return copy
+
+
+def randomized_models(
+    model: nnx.Module,
+    key: jax.Array,
+    *,
+    mode: str = "cascading",
+    layers: Sequence[str] | None = None,
+    kernel_init: Initializer = DEFAULT_KERNEL_INIT,
+    bias_init: Initializer = DEFAULT_BIAS_INIT,
+) -> list[tuple[str, nnx.Module]]:
+  r"""The randomised copies of the model-parameter randomisation test, top layer first.
+
+  With the layers :math:`\ell_1, \dots, \ell_L` numbered from the output down,
+  copy :math:`k` has re-initialised (:func:`randomize_layers`)
+
+  .. math:: \{\ell_1, \dots, \ell_k\} \ (\text{cascading}), \qquad
+            \{\ell_k\} \ (\text{independent}),
+
+  the rest trained. The key is shared by all copies, so a layer gets the same
+  new weights in every copy that randomises it.
+
+  Args:
+    model: the trained model (never modified).
+    key: a JAX PRNG key.
+    mode: ``"cascading"`` or ``"independent"``.
+    layers: layer names, **input to output** (default: :func:`parameter_layers`).
+    kernel_init: initialiser of rank-≥2 params (see :func:`randomize_layers`).
+    bias_init: initialiser of rank-0/1 params.
+
+  Returns:
+    ``[(layer, copy), ...]``, one entry per layer, top layer first: ``layer``
+    is the layer :math:`\ell_k` randomised at step :math:`k`.
+
+  Raises:
+    TypeError: ``key`` is not a PRNG key or ``layers`` not a sequence of names.
+    ValueError: unknown ``mode`` or layer name.
+
+  Example:
+    >>> import jax
+    >>> from flax import nnx
+    >>> from saliency_guide.models import MLP
+    >>> model = MLP(hidden=(8, 8), rngs=nnx.Rngs(0))
+    >>> cascade = randomized_models(model, jax.random.key(0))
+    >>> [name for name, _ in cascade]
+    ['head', 'hidden/1', 'hidden/0']
+    >>> last = cascade[-1][1]  # every layer re-initialised
+    >>> bool((last.hidden[0].kernel[...] != model.hidden[0].kernel[...]).all())
+    True
+    >>> one = randomized_models(model, jax.random.key(0), mode="independent")[-1][1]
+    >>> bool((one.head.kernel[...] == model.head.kernel[...]).all())  # only hidden/0 is new
+    True
+
+  References:
+    J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim.
+    *Sanity Checks for Saliency Maps.* NeurIPS 2018. arXiv:1810.03292.
+  """
+  key = check_key(key, "randomized_models")
+  check_choice("mode", mode, RANDOMIZATION_MODES)
+  names = parameter_layers(model) if layers is None else _check_layer_names(model, layers)
+  top_down = names[::-1]
+  chosen = (lambda k: top_down[: k + 1]) if mode == "cascading" else (lambda k: top_down[k:k + 1])
+  return [
+      (name, _randomized(model, chosen(k), key, kernel_init, bias_init))
+      for k, name in enumerate(top_down)
+  ]
+
+
+# ---------------------------------------------------------------------------------------
+# The tests.
+# ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +367,6 @@ class RandomizationResult:
   similarity: Similarity
 
 
-def _check_method(method: Any) -> None:
-  if not callable(method):
-    raise TypeError(
-        f"method: expected a saliency method method(model, images, targets, **options), "
-        f"got {method!r}"
-    )
-
-
 def _explainer(
     method: Method, images: jax.Array, targets: jax.Array, batch_size: int | None,
     options: dict[str, Any],
@@ -83,47 +374,9 @@ def _explainer(
   """``model -> (B, H, W)`` per-pixel maps, in one call or ``batch_size`` images at a time."""
   if batch_size is None:
     return lambda m: pixel_scores(method(m, images, targets, **options))
-  batch_size = check_positive_int("batch_size", batch_size)
-  return lambda m: pixel_scores(jnp.asarray(
-      attribute_batched(method, m, images, targets, batch_size=batch_size, **options)))
-
-
-def randomized_models(
-    model: nnx.Module,
-    key: jax.Array,
-    *,
-    mode: str = "cascading",
-    layers: Sequence[str] | None = None,
-) -> list[tuple[str, nnx.Module]]:
-  """The randomised copies of the model-parameter randomisation test, top layer first.
-
-  Args:
-    model: the trained model (never modified).
-    key: a JAX PRNG key (a layer gets the same new weights in every copy).
-    mode: ``"cascading"``: copy :math:`k` has the top :math:`k` layers
-      re-initialised; ``"independent"``: copy :math:`k` has only the
-      :math:`k`-th layer from the top re-initialised.
-    layers: layer names, input to output (default
-      :func:`saliency_guide.sanity.parameter_layers`).
-
-  Returns:
-    ``[(layer, copy), ...]``, top layer first.
-
-  Example:
-    >>> import jax
-    >>> from flax import nnx
-    >>> from saliency_guide.models import CNN
-    >>> [n for n, _ in randomized_models(CNN(rngs=nnx.Rngs(0)), jax.random.key(0),
-    ...                                  mode="independent")]
-    ['head', 'dense', 'conv2', 'conv1']
-  """
-  check_choice("mode", mode, RANDOMIZATION_MODES)
-  if mode == "cascading":
-    return cascading_randomization(model, key=key, layers=layers)
-  if layers is not None and (isinstance(layers, str) or not isinstance(layers, Sequence)):
-    raise TypeError(f"layers: expected a sequence of layer names, got {layers!r}")
-  names = parameter_layers(model) if layers is None else tuple(layers)
-  return [(name, randomize_layers(model, layers=[name], key=key)) for name in names[::-1]]
+  batch_size = min(check_positive_int("batch_size", batch_size), len(images))
+  return lambda m: pixel_scores(jnp.asarray(explain_dataset(
+      method, m, images, targets, batch_size=batch_size, progress=False, **options)))
 
 
 def model_randomization(
@@ -155,7 +408,7 @@ def model_randomization(
   The method is compiled once: the copies share the model's graph and only
   their parameters (traced arguments of the method's jitted core) change.
   With ``batch_size`` the maps are computed that many images at a time
-  (:func:`~saliency_guide.metrics.attribute_batched`), which reuses a
+  (:func:`~saliency_guide.scale.explain_dataset`), which reuses a
   compilation made for that batch size elsewhere.
 
   Args:
@@ -191,7 +444,7 @@ def model_randomization(
     J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim.
     *Sanity Checks for Saliency Maps.* NeurIPS 2018. arXiv:1810.03292.
   """
-  _check_method(method)
+  check_callable("method", method, "a saliency method method(model, images, targets, **options)")
   images, targets = check_inputs(model, images, targets)
   explain = _explainer(method, images, targets, batch_size, options)
   copies = randomized_models(model, key, mode=mode, layers=layers)
@@ -255,7 +508,7 @@ def data_randomization(
     J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim.
     *Sanity Checks for Saliency Maps.* NeurIPS 2018. arXiv:1810.03292.
   """
-  _check_method(method)
+  check_callable("method", method, "a saliency method method(model, images, targets, **options)")
   images, targets = check_inputs(model, images, targets)
   if not isinstance(random_model, nnx.Module):
     raise TypeError(f"random_model: expected an nnx.Module, got {type(random_model).__name__}")

@@ -21,10 +21,19 @@ class through the mask (Rong et al., 2022): on MNIST the leak is large, and
 ``ROARConfig(fill="mask")`` measures it — the retrained model then sees the
 removal mask alone.
 
-Everything is configurable through :class:`ROARConfig`: the default is sized
-for the documentation build (a subset, a small fast model, few epochs);
+The computation has two parts: :func:`roar_rankings` ranks the pixels of every
+image once per method (the costly part for slow methods), and :func:`roar`
+retrains on the images with the top-ranked pixels removed (the costly part
+for everything else) and returns the accuracy curves. Everything is
+configurable through :class:`ROARConfig`: the default is sized for the
+documentation build (a subset, a small fast model, few epochs);
 :meth:`ROARConfig.full` is the paper-sized run, also available from the command
 line as ``python -m saliency_guide.metrics roar --full``.
+
+References:
+  S. Hooker, D. Erhan, P.-J. Kindermans, B. Kim. *A Benchmark for
+  Interpretability Methods in Deep Neural Networks.* NeurIPS 2019.
+  arXiv:1806.10758.
 """
 
 from __future__ import annotations
@@ -40,17 +49,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from saliency_guide.validation import check_positive_int
-from saliency_guide.metrics._batching import attribute_batched
 from saliency_guide.metrics._common import pixel_scores, rank_pixels
+from saliency_guide.scale import explain_dataset
 from saliency_guide.training import TrainConfig, accuracy, train
+from saliency_guide.validation import (
+    check_dataset,
+    check_flag,
+    check_key,
+    check_maps,
+    check_number,
+    check_positive_int,
+)
 
-__all__ = ["ROARConfig", "ROARResult", "remove_top_pixels", "roar"]
+__all__ = ["ROARConfig", "ROARRankings", "ROARResult", "remove_top_pixels", "roar", "roar_rankings"]
 
 RANDOM = "random"
 """Name of the random-ranking baseline in :class:`ROARResult`."""
 
 Method = Callable[..., jax.Array]
+Data = tuple[np.ndarray, np.ndarray]  # (images, labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +160,7 @@ class ROARConfig:
                                               not isinstance(self.fill, int | float) or
                                               not math.isfinite(self.fill)):
       raise ValueError(f"fill: expected 'mean', 'mask' or a finite number, got {self.fill!r}")
-    if not (isinstance(self.learning_rate, int | float) and self.learning_rate > 0):
-      raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate!r}")
+    check_number("learning_rate", self.learning_rate)
 
   def subsets(
       self, train_data: tuple[np.ndarray, np.ndarray], test_data: tuple[np.ndarray, np.ndarray]
@@ -176,6 +192,22 @@ class ROARConfig:
         f"train {self.train_size or 'all'} / test {self.test_size or 'all'} images; "
         f"fractions {tuple(self.fractions)}; fill {self.fill!r}"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ROARRankings:
+  """Step 1 of ROAR: every ranking's order of the pixels of the training and test images.
+
+  Attributes:
+    ranks: name -> ``(train_ranks, test_ranks)``, int32 arrays ``(N, H, W)``
+      with a permutation of ``0 .. HW - 1`` per image (0: removed first), for
+      the images of :meth:`ROARConfig.subsets`; the random baseline is under
+      ``"random"``.
+    attribution_seconds: name -> wall time of its maps (train + test images).
+  """
+
+  ranks: dict[str, tuple[jax.Array, jax.Array]]
+  attribution_seconds: dict[str, float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,8 +243,10 @@ def _fill_ranked(images: jax.Array, ranks: jax.Array, count: jax.Array,
   return jnp.where((ranks < count)[..., None], fill, images)
 
 
-def _pixel_count(fraction: float, images: Any) -> jax.Array:
-  return jnp.asarray(round(fraction * images.shape[1] * images.shape[2]), jnp.int32)
+def _remove(images: Any, ranks: jax.Array, fraction: float, fill: jax.Array) -> jax.Array:
+  """Replace the pixels ranked below ``round(fraction * H * W)`` by ``fill`` ``(C,)``."""
+  count = jnp.asarray(round(fraction * images.shape[1] * images.shape[2]), jnp.int32)
+  return _fill_ranked(images, ranks, count, fill)
 
 
 def remove_top_pixels(
@@ -254,32 +288,191 @@ def remove_top_pixels(
   images = jnp.asarray(images, jnp.float32)
   if images.ndim != 4:
     raise ValueError(f"images: expected rank 4 (B, H, W, C), got shape {images.shape}")
-  scores = pixel_scores(attributions)
-  if scores.shape != images.shape[:3]:
-    raise ValueError(
-        f"attributions: expected maps of shape {images.shape[:3]} or {images.shape}, "
-        f"got {tuple(jnp.shape(attributions))}"
-    )
+  scores = pixel_scores(check_maps("attributions", attributions, images))
   if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
     raise ValueError(f"fraction: expected a number in [0, 1], got {fraction!r}")
   fill = jnp.broadcast_to(jnp.asarray(fill, jnp.float32), images.shape[-1:])
-  key = jax.random.key(0) if key is None else key
-  ranks = rank_pixels(scores, key, absolute=absolute)
-  return _fill_ranked(images, ranks, _pixel_count(fraction, images), fill)
+  key = jax.random.key(0) if key is None else check_key(key)
+  ranks = rank_pixels(scores, key, absolute=check_flag("absolute", absolute))
+  return _remove(images, ranks, fraction, fill)
 
 
 def _check_data(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
   if not isinstance(data, tuple | list) or len(data) != 2:
     raise TypeError(f"{name}: expected a pair (images, labels), got {type(data).__name__}")
-  images, labels = np.asarray(data[0], np.float32), np.asarray(data[1])
-  if images.ndim != 4:
-    raise ValueError(f"{name}: expected images of shape (N, H, W, C), got {images.shape}")
-  if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
-    raise ValueError(
-        f"{name}: expected integer labels of shape ({len(images)},), got {labels.dtype} "
-        f"{labels.shape}"
-    )
+  images, labels = check_dataset(np.asarray(data[0], np.float32), np.asarray(data[1]),
+                                 names=(f"{name} images", f"{name} labels"))
   return images, labels.astype(np.int32)
+
+
+def _check_methods(methods: Any, config: Any) -> None:
+  """Check :func:`roar`'s ``config`` and ``methods`` (not the data)."""
+  if not isinstance(config, ROARConfig):
+    raise TypeError(f"config: expected a ROARConfig, got {type(config).__name__}")
+  config.validate()
+  if not isinstance(methods, Mapping):
+    raise TypeError(f"methods: expected a mapping name -> method, got {type(methods).__name__}")
+  for name, method in methods.items():
+    if name == RANDOM:
+      raise ValueError(f"methods: the name {RANDOM!r} is reserved for the random baseline")
+    if not callable(method) and not (isinstance(method, tuple | list) and len(method) == 2):
+      raise TypeError(f"methods[{name!r}]: expected a saliency method or a pair "
+                      f"(train_maps, test_maps), got {type(method).__name__}")
+  if not methods and not config.random_baseline:
+    raise ValueError("methods: expected at least one method (or config.random_baseline=True)")
+
+
+def _scores(model: nnx.Module, name: str, method: Any, train_set: Data, test_set: Data,
+            config: ROARConfig) -> list[np.ndarray]:
+  """Per-pixel scores ``[train (N, H, W), test (N', H, W)]`` of a method (or its given maps)."""
+  if callable(method):
+    return [
+        np.asarray(pixel_scores(explain_dataset(
+            method, model, x, y, batch_size=min(config.attribution_batch_size, len(x)),
+            progress=False)))
+        for x, y in (train_set, test_set)
+    ]
+  maps = []
+  for part, given, (x, _) in (("train", method[0], train_set), ("test", method[1], test_set)):
+    given = np.asarray(pixel_scores(jnp.asarray(given)))
+    if given.shape != x.shape[:3]:
+      raise ValueError(
+          f"methods[{name!r}]: expected {part} maps of shape {x.shape[:3]} (the images of "
+          f"ROARConfig.subsets), got {given.shape}"
+      )
+    maps.append(given)
+  return maps
+
+
+def _rankings(model: nnx.Module, methods: Mapping[str, Any], train_set: Data, test_set: Data,
+              config: ROARConfig) -> ROARRankings:
+  """:func:`roar_rankings` on checked arguments."""
+  # Ties between equal scores are broken at random, independently for the two sets.
+  tie_key = jax.random.key(config.seed + 1)
+
+  def rank(train_scores: np.ndarray, test_scores: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    return (rank_pixels(jnp.asarray(train_scores), tie_key, absolute=config.absolute),
+            rank_pixels(jnp.asarray(test_scores), jax.random.fold_in(tie_key, 1),
+                        absolute=config.absolute))
+
+  ranks: dict[str, tuple[jax.Array, jax.Array]] = {}
+  attribution_seconds: dict[str, float] = {}
+  for name, method in methods.items():
+    start = time.perf_counter()
+    scores = _scores(model, name, method, train_set, test_set, config)
+    attribution_seconds[name] = time.perf_counter() - start
+    ranks[name] = rank(*scores)
+  if config.random_baseline:
+    keys = jax.random.split(jax.random.key(config.seed))
+    ranks[RANDOM] = rank(*(np.asarray(jax.random.uniform(k, x.shape[:3]))
+                           for k, (x, _) in zip(keys, (train_set, test_set), strict=True)))
+    attribution_seconds[RANDOM] = 0.0
+  return ROARRankings(ranks=ranks, attribution_seconds=attribution_seconds)
+
+
+def roar_rankings(
+    model: nnx.Module,
+    methods: Mapping[str, Method | tuple[Any, Any]],
+    train_data: tuple[np.ndarray, np.ndarray],
+    test_data: tuple[np.ndarray, np.ndarray],
+    *,
+    config: ROARConfig = ROARConfig(),
+) -> ROARRankings:
+  r"""Step 1 of ROAR: rank the pixels of every training and test image, once per method.
+
+  Each image :math:`x` is explained for its true label :math:`y` by the trained
+  ``model``, its map reduced to per-pixel scores :math:`s`
+  (:func:`~saliency_guide.metrics.pixel_scores`), and its pixels ranked by
+  decreasing :math:`s` (or :math:`|s|` with ``config.absolute``), ties broken
+  at random (:func:`~saliency_guide.metrics.rank_pixels`). Removing a fraction
+  :math:`t` then replaces the pixels of rank :math:`< \mathrm{round}(t HW)`.
+  The ranking does not depend on :math:`t`, so it is computed once. Maps are
+  computed ``config.attribution_batch_size`` images at a time
+  (:func:`~saliency_guide.scale.explain_dataset`). :func:`roar` calls this,
+  then retrains.
+
+  Args:
+    model: the trained model whose maps rank the pixels (not modified).
+    methods: as for :func:`roar`.
+    train_data: ``(images, labels)``; the first ``config.train_size`` are ranked.
+    test_data: ``(images, labels)``; the first ``config.test_size`` are ranked.
+    config: a :class:`ROARConfig` (``train_size``, ``test_size``, ``absolute``,
+      ``random_baseline``, ``seed`` and ``attribution_batch_size`` are used).
+
+  Returns:
+    :class:`ROARRankings`.
+
+  Raises:
+    TypeError, ValueError: bad methods, data or configuration.
+
+  Example:
+    >>> import numpy as np
+    >>> x = np.zeros((4, 2, 2, 1), np.float32)
+    >>> maps = np.array([[[4.0, 3.0], [2.0, 1.0]]] * 4)  # the same ranking for every image
+    >>> config = ROARConfig(random_baseline=False)
+    >>> rankings = roar_rankings(None, {"given": (maps, maps)}, (x, np.zeros(4, int)),
+    ...                          (x, np.zeros(4, int)), config=config)
+    >>> rankings.ranks["given"][0][0].tolist()
+    [[0, 1], [2, 3]]
+
+  References:
+    S. Hooker, D. Erhan, P.-J. Kindermans, B. Kim. *A Benchmark for
+    Interpretability Methods in Deep Neural Networks.* NeurIPS 2019.
+    arXiv:1806.10758.
+  """
+  _check_methods(methods, config)
+  train_set, test_set = config.subsets(train_data, test_data)
+  return _rankings(model, methods, train_set, test_set, config)
+
+
+def _retrain_curves(rankings: ROARRankings, train_set: Data, test_set: Data, config: ROARConfig,
+                    log: Callable[[str], None] | None) -> ROARResult:
+  """Step 2 of ROAR: for each ranking and fraction, remove, retrain, and test."""
+  (train_x, train_y), (test_x, test_y) = train_set, test_set
+  mask_only = config.fill == "mask"
+  if config.fill == "mean":
+    fill = train_x.mean(axis=(0, 1, 2))
+  else:
+    fill = np.full(train_x.shape[-1:], 1.0 if mask_only else config.fill, np.float32)
+  fill_value = jnp.broadcast_to(jnp.asarray(fill, jnp.float32), train_x.shape[-1:])
+  # With fill="mask" the retrained model sees the removal mask alone: removed
+  # pixels become 1 in an image of zeros.
+  base_train, base_test = ((np.zeros_like(train_x), np.zeros_like(test_x)) if mask_only
+                           else (train_x, test_x))
+  fractions = np.unique(np.asarray([0.0, *config.fractions], np.float64))
+  emit = log or (lambda line: None)
+
+  def retrain(x_train: np.ndarray, x_test: np.ndarray, repeat: int) -> float:
+    seed = config.seed + repeat
+    fresh = config.build(seed)
+    train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
+                               learning_rate=config.learning_rate, seed=seed)
+    train(fresh, x_train, train_y, config=train_config, progress=False)
+    return accuracy(fresh, x_test, test_y)
+
+  start = time.perf_counter()
+  # t = 0: nothing removed, one retraining per repeat shared by every ranking.
+  baseline = np.array([retrain(base_train, base_test, r) for r in range(config.repeats)])
+  emit(f"t = 0: accuracy {baseline.mean():.4f} (no pixel removed)")
+  accuracies = {}
+  for name, (train_ranks, test_ranks) in rankings.ranks.items():
+    acc = np.empty((config.repeats, len(fractions)))
+    acc[:, 0] = baseline
+    for i, t in enumerate(fractions[1:], start=1):
+      x_train = np.asarray(_remove(base_train, train_ranks, float(t), fill_value))
+      x_test = np.asarray(_remove(base_test, test_ranks, float(t), fill_value))
+      for r in range(config.repeats):
+        acc[r, i] = retrain(x_train, x_test, r)
+      emit(f"{name}, t = {t:.2f}: accuracy {acc[:, i].mean():.4f}")
+    accuracies[name] = acc
+  return ROARResult(
+      fractions=fractions,
+      accuracy=accuracies,
+      fill_value=float("nan") if mask_only else float(np.mean(fill)),
+      attribution_seconds=rankings.attribution_seconds,
+      retrain_seconds=time.perf_counter() - start,
+      config=config,
+  )
 
 
 def roar(
@@ -298,7 +491,7 @@ def roar(
 
   1. rank the pixels of every training and test image by
      :math:`E(x; \theta)` for its true label, with :math:`\theta` the given
-     trained ``model``;
+     trained ``model`` (:func:`roar_rankings`);
   2. replace the top :math:`\mathrm{round}(t HW)` pixels by the fill value
      (:func:`remove_top_pixels`);
   3. train a freshly initialised model (``config.model``, seed
@@ -346,107 +539,10 @@ def roar(
     Interpretability Methods in Deep Neural Networks.* NeurIPS 2019.
     arXiv:1806.10758.
   """
-  if not isinstance(config, ROARConfig):
-    raise TypeError(f"config: expected a ROARConfig, got {type(config).__name__}")
-  config.validate()
-  if not isinstance(methods, Mapping):
-    raise TypeError(f"methods: expected a mapping name -> method, got {type(methods).__name__}")
-  for name, method in methods.items():
-    if name == RANDOM:
-      raise ValueError(f"methods: the name {RANDOM!r} is reserved for the random baseline")
-    if not callable(method) and not (isinstance(method, tuple | list) and len(method) == 2):
-      raise TypeError(f"methods[{name!r}]: expected a saliency method or a pair "
-                      f"(train_maps, test_maps), got {type(method).__name__}")
-  if not methods and not config.random_baseline:
-    raise ValueError("methods: expected at least one method (or config.random_baseline=True)")
-  (train_x, train_y), (test_x, test_y) = config.subsets(train_data, test_data)
-  if len(train_x) < config.batch_size:
-    raise ValueError(
-        f"train_data: expected at least batch_size={config.batch_size} images, got {len(train_x)}"
-    )
-  mask_only = config.fill == "mask"
-  if config.fill == "mean":
-    fill = train_x.mean(axis=(0, 1, 2))
-  else:
-    fill = np.full(train_x.shape[-1:], 1.0 if mask_only else config.fill, np.float32)
-  fractions = np.unique(np.asarray([0.0, *config.fractions], np.float64))
-  train_config = lambda seed: TrainConfig(  # noqa: E731
-      epochs=config.epochs, batch_size=config.batch_size,
-      learning_rate=config.learning_rate, seed=seed,
-  )
-  emit = log or (lambda line: None)
-
-  def retrain(x_train: np.ndarray, x_test: np.ndarray, repeat: int) -> float:
-    seed = config.seed + repeat
-    fresh = config.build(seed)
-    train(fresh, x_train, train_y, config=train_config(seed), progress=False)
-    return accuracy(fresh, x_test, test_y)
-
-  # Rankings: one score map per image, computed once per method.
-  scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-  attribution_seconds: dict[str, float] = {}
-  for name, method in methods.items():
-    start = time.perf_counter()
-    if callable(method):
-      maps = [
-          np.asarray(pixel_scores(attribute_batched(
-              method, model, x, y, batch_size=config.attribution_batch_size)))
-          for x, y in ((train_x, train_y), (test_x, test_y))
-      ]
-    else:
-      maps = []
-      for part, given, x in (("train", method[0], train_x), ("test", method[1], test_x)):
-        given = np.asarray(pixel_scores(jnp.asarray(given)))
-        if given.shape != x.shape[:3]:
-          raise ValueError(
-              f"methods[{name!r}]: expected {part} maps of shape {x.shape[:3]} (the images of "
-              f"ROARConfig.subsets), got {given.shape}"
-          )
-        maps.append(given)
-    attribution_seconds[name] = time.perf_counter() - start
-    scores[name] = (maps[0], maps[1])
-  if config.random_baseline:
-    key = jax.random.key(config.seed)
-    scores[RANDOM] = tuple(
-        np.asarray(jax.random.uniform(k, x.shape[:3]))
-        for k, x in zip(jax.random.split(key), (train_x, test_x), strict=True)
-    )
-    attribution_seconds[RANDOM] = 0.0
-
-  start = time.perf_counter()
-  if mask_only:  # nothing removed: an empty mask, the same for every image
-    baseline = np.array([retrain(np.zeros_like(train_x), np.zeros_like(test_x), r)
-                         for r in range(config.repeats)])
-  else:
-    baseline = np.array([retrain(train_x, test_x, r) for r in range(config.repeats)])
-  emit(f"t = 0: accuracy {baseline.mean():.4f} (no pixel removed)")
-  accuracies = {}
-  tie_key = jax.random.key(config.seed + 1)
-  for name, (train_scores, test_scores) in scores.items():
-    acc = np.empty((config.repeats, len(fractions)))
-    acc[:, 0] = baseline
-    base_train, base_test = ((np.zeros_like(train_x), np.zeros_like(test_x)) if mask_only
-                             else (train_x, test_x))
-    # Rank once per method (the ranking does not depend on t); exactly what
-    # remove_top_pixels does for each t, without sorting the pixels again.
-    train_ranks = rank_pixels(jnp.asarray(train_scores), tie_key, absolute=config.absolute)
-    test_ranks = rank_pixels(jnp.asarray(test_scores), jax.random.fold_in(tie_key, 1),
-                             absolute=config.absolute)
-    fill_value = jnp.broadcast_to(jnp.asarray(fill, jnp.float32), train_x.shape[-1:])
-    for i, t in enumerate(fractions[1:], start=1):
-      x_train = np.asarray(_fill_ranked(base_train, train_ranks,
-                                        _pixel_count(float(t), base_train), fill_value))
-      x_test = np.asarray(_fill_ranked(base_test, test_ranks,
-                                       _pixel_count(float(t), base_test), fill_value))
-      for r in range(config.repeats):
-        acc[r, i] = retrain(x_train, x_test, r)
-      emit(f"{name}, t = {t:.2f}: accuracy {acc[:, i].mean():.4f}")
-    accuracies[name] = acc
-  return ROARResult(
-      fractions=fractions,
-      accuracy=accuracies,
-      fill_value=float("nan") if mask_only else float(np.mean(fill)),
-      attribution_seconds=attribution_seconds,
-      retrain_seconds=time.perf_counter() - start,
-      config=config,
-  )
+  _check_methods(methods, config)
+  train_set, test_set = config.subsets(train_data, test_data)
+  if len(train_set[0]) < config.batch_size:
+    raise ValueError(f"train_data: expected at least batch_size={config.batch_size} images, "
+                     f"got {len(train_set[0])}")
+  rankings = _rankings(model, methods, train_set, test_set, config)
+  return _retrain_curves(rankings, train_set, test_set, config, log)

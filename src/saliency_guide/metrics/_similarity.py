@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from saliency_guide.metrics._common import pixel_scores
-from saliency_guide.sanity import spearman_correlation
+from saliency_guide.validation import check_flag
 
 __all__ = ["Similarity", "rank_correlation", "similarity", "ssim"]
 
@@ -58,15 +58,37 @@ def _pair(maps_a: Any, maps_b: Any) -> tuple[jax.Array, jax.Array]:
   return a, b
 
 
+def _average_ranks(x: jax.Array) -> jax.Array:
+  """0-based ranks of a 1-D array, ties sharing their average rank (as scipy does)."""
+  s = jnp.sort(x)
+  first = jnp.searchsorted(s, x, side="left")
+  last = jnp.searchsorted(s, x, side="right") - 1
+  return (first + last).astype(jnp.float32) / 2
+
+
+def _pearson(a: jax.Array, b: jax.Array) -> jax.Array:
+  a = a - a.mean()
+  b = b - b.mean()
+  return (a @ b) / jnp.sqrt((a @ a) * (b @ b))
+
+
+@jax.jit
+def _spearman(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Spearman's rho of the rows of two ``(B, N)`` arrays."""
+  return jax.vmap(lambda x, y: _pearson(_average_ranks(x), _average_ranks(y)))(a, b)
+
+
 def rank_correlation(maps_a: jax.Array, maps_b: jax.Array, *, absolute: bool = False) -> jax.Array:
   r"""Spearman rank correlation of the per-pixel scores of two batches of maps.
 
   .. math:: \rho(a, b) = \mathrm{corr}\big(\mathrm{rank}(s_a), \mathrm{rank}(s_b)\big)
 
-  with :math:`s` the map summed over channels and ties sharing their average
-  rank (:func:`saliency_guide.sanity.spearman_correlation` does the ranking).
-  ``absolute=True`` ranks :math:`|s|`. A constant map (e.g. an all-zero CAM)
-  ranks nothing: its correlation is ``nan``; average with ``nanmean``.
+  with :math:`s` the map summed over channels, i.e. the Pearson correlation of
+  the ranks of a map's pixels, tied values sharing their average rank as in
+  :func:`scipy.stats.spearmanr`. ``absolute=True`` ranks :math:`|s|`, which
+  forgives sign flips (Adebayo et al. report both). A constant map (e.g. an
+  all-zero CAM) ranks nothing: its correlation is ``nan``; average with
+  ``nanmean``.
 
   Args:
     maps_a: ``(B, H, W)`` or ``(B, H, W, C)``.
@@ -76,14 +98,27 @@ def rank_correlation(maps_a: jax.Array, maps_b: jax.Array, *, absolute: bool = F
   Returns:
     float32 array ``(B,)`` in :math:`[-1, 1]`.
 
+  Raises:
+    TypeError, ValueError: not arrays, not maps, different shapes, or NaN/Inf values.
+
   Example:
     >>> import jax.numpy as jnp
     >>> a = jnp.arange(2 * 16.0).reshape(2, 4, 4)
-    >>> rank_correlation(a, a ** 3).tolist()
+    >>> rank_correlation(a, a ** 3).tolist()  # any increasing function: rho = 1
     [1.0, 1.0]
+    >>> rank_correlation(a, -a, absolute=True).tolist()
+    [1.0, 1.0]
+
+  References:
+    C. Spearman. *The proof and measurement of association between two
+    things.* American Journal of Psychology 15 (1904).
   """
+  check_flag("absolute", absolute)
   a, b = _pair(maps_a, maps_b)
-  return spearman_correlation(a, b, absolute=absolute)
+  a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+  if absolute:
+    a, b = jnp.abs(a), jnp.abs(b)
+  return _spearman(a, b)
 
 
 def _to_unit(s: jax.Array, absolute: bool) -> jax.Array:
@@ -129,6 +164,7 @@ def ssim(maps_a: jax.Array, maps_b: jax.Array, *, absolute: bool = False) -> jax
     >>> ssim(a, 3 * a).round(4).tolist()  # scale-free
     [1.0, 1.0]
   """
+  check_flag("absolute", absolute)
   a, b = _pair(maps_a, maps_b)
   if min(a.shape[1:]) < 11:
     raise ValueError(f"maps_a, maps_b: SSIM needs maps of at least 11x11 pixels, got {a.shape[1:]}")

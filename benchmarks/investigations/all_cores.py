@@ -27,8 +27,7 @@ See the Performance page.
 
 Usage::
 
-    python benchmarks/all_cores.py            # prints the tables
-    python benchmarks/all_cores.py --json     # the same numbers as JSON
+    python benchmarks/investigations/all_cores.py   # tables; writes results/all_cores.json
 """
 
 from __future__ import annotations
@@ -38,10 +37,13 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 
-from bench import DEVICE_PER_CORE_FLAG, FAST_CONV_FLAG
-from page_faults import run_in_fresh_process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+import harness
+from harness import DEVICE_PER_CORE_FLAG, FAST_CONV_FLAG
 
+NAME = "all_cores"  # results/<NAME>.json
 BATCH = 256
 CALLS = 15
 METHODS = ("gradients", "guided_backprop")
@@ -82,7 +84,6 @@ def _split_over_devices() -> Results:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bench import device_arrays, interleaved
 
   devices = jax.devices()
   if len(devices) != DEVICES:
@@ -90,14 +91,14 @@ def _split_over_devices() -> Results:
                        f"got {devices}")
   images = np.random.default_rng(0).uniform(size=(BATCH, 28, 28, 1)).astype(np.float32)
   targets = (np.arange(BATCH) % 10).astype(np.int32)
-  layouts = {"one device": device_arrays(images, targets, "default")[:2],
-             "split": device_arrays(images, targets, "device-per-core")[:2]}  # as bench.py
+  layouts = {"one device": harness.device_arrays(images, targets, split=False)[:2],
+             "split": harness.device_arrays(images, targets, split=True)[:2]}  # as bench.py
   out: Results = {}
   for model_name, model, method_name, method in _models_and_methods():
     calls = {layout: (lambda x=x, t=t, method=method, model=model:
                       jax.block_until_ready(method(model, x, t)))
              for layout, (x, t) in layouts.items()}
-    timings, maps = interleaved(calls, CALLS, 0.0, CALLS)
+    timings, maps = harness.interleaved(calls, CALLS)
     if maps["split"].sharding.device_set != set(devices):
       raise RuntimeError("the split maps are not spread over every device")
     scale = float(jnp.abs(maps["one device"]).max())
@@ -115,7 +116,6 @@ def _split_over_devices() -> Results:
 def _workers() -> Results:
   """In a process with one device: ``explain_dataset`` with 1 and ``DEVICES`` workers."""
   import numpy as np
-  from bench import interleaved
 
   from saliency_guide.scale import explain_dataset
 
@@ -128,7 +128,7 @@ def _workers() -> Results:
                 method, model, images, targets, batch_size=DATASET_BATCH, workers=workers,
                 progress=False))
             for workers in (1, DEVICES)}
-    timings, maps = interleaved(runs, DATASET_RUNS, 0.0, DATASET_RUNS)
+    timings, maps = harness.interleaved(runs, DATASET_RUNS)
     out.setdefault(model_name, {})[method_name] = {
         "one at a time_ms": 1e3 * timings[1].median_s,
         "workers_ms": 1e3 * timings[DEVICES].median_s,
@@ -143,9 +143,16 @@ SETTINGS = {"one device per core": (DEVICE_PER_CORE_FLAG, _split_over_devices),
             "workers, fast-conv flag": (FAST_CONV_FLAG, _workers)}
 
 
+def parameters() -> dict:
+  """What :func:`measure` measures, as recorded beside its results."""
+  return {"batch": BATCH, "calls": CALLS, "devices": DEVICES,
+          "device_per_core_flag": DEVICE_PER_CORE_FLAG, "dataset": DATASET,
+          "dataset_batch": DATASET_BATCH, "dataset_runs": DATASET_RUNS}
+
+
 def measure() -> dict[str, Results]:
   """``{setting: results}``, each setting in a fresh process with only its XLA flag."""
-  return {setting: run_in_fresh_process(__file__, ["--worker", setting], xla_flags=flags)
+  return {setting: harness.run_in_fresh_process(__file__, ["--worker", setting], xla_flags=flags)
           for setting, (flags, _) in SETTINGS.items()}
 
 
@@ -156,10 +163,12 @@ def _table(results: Results, header: str, row) -> str:
                       for model, by_method in results.items() for method, r in by_method.items())])
 
 
-def split_table(results: Results) -> str:
-  """The one-device-per-core results as a text table."""
-  return _table(
-      results,
+def split_report(results: dict[str, Results], params: dict | None = None) -> str:
+  """The one-device-per-core results as a text table (``params``: :func:`parameters`'s)."""
+  p = params or parameters()
+  return (f"One device per core ({p['device_per_core_flag']}): {p['batch']} maps per call, "
+          f"median of {p['calls']} interleaved calls\n") + _table(
+      results["one device per core"],
       f"{'one device ms':>14s} {'split ms':>9s} {'×':>5s} {'cores busy':>11s} "
       f"{'page faults/call':>17s} {'max rel. diff':>14s}",
       lambda r: f"{r['one device_ms']:14.1f} {r['split_ms']:9.1f} "
@@ -169,24 +178,25 @@ def split_table(results: Results) -> str:
                 f"{r['max_rel_difference']:14.1e}")
 
 
-def workers_table(results: Results) -> str:
-  """The ``workers`` results as a text table."""
-  return _table(
-      results,
-      f"{'workers=1 ms':>13s} {f'workers={DEVICES} ms':>13s} {'×':>5s} {'same maps':>10s}",
-      lambda r: f"{r['one at a time_ms']:13.0f} {r['workers_ms']:13.0f} "
-                f"{r['one at a time_ms'] / r['workers_ms']:5.2f} {bool(r['same_maps'])!s:>10s}")
+def workers_report(results: dict[str, Results], params: dict | None = None) -> str:
+  """The ``workers`` results as text tables, one per XLA setting."""
+  p = params or parameters()
+  many = f"workers={p['devices']} ms"
+  return "\n\n".join(
+      f"explain_dataset, {setting}: {p['dataset']} digits, batch_size={p['dataset_batch']}, "
+      f"median of {p['dataset_runs']} interleaved runs\n" + _table(
+          results[setting],
+          f"{'workers=1 ms':>13s} {many:>13s} {'×':>5s} "
+          f"{'same maps':>10s}",
+          lambda r: f"{r['one at a time_ms']:13.0f} {r['workers_ms']:13.0f} "
+                    f"{r['one at a time_ms'] / r['workers_ms']:5.2f} "
+                    f"{bool(r['same_maps'])!s:>10s}")
+      for setting in SETTINGS if setting.startswith("workers"))
 
 
-def report(results: dict[str, Results]) -> str:
+def report(results: dict[str, Results], params: dict | None = None) -> str:
   """All of :func:`measure`'s results as text."""
-  return "\n\n".join([
-      f"One device per core ({DEVICE_PER_CORE_FLAG}): {BATCH} maps per call, median of "
-      f"{CALLS} interleaved calls\n" + split_table(results["one device per core"]),
-      *(f"explain_dataset, {setting}: {DATASET} digits, batch_size={DATASET_BATCH}, median of "
-        f"{DATASET_RUNS} interleaved runs\n" + workers_table(results[setting])
-        for setting in SETTINGS if setting.startswith("workers")),
-  ])
+  return split_report(results, params) + "\n\n" + workers_report(results, params)
 
 
 def main() -> None:
@@ -194,8 +204,10 @@ def main() -> None:
     setting = sys.argv[sys.argv.index("--worker") + 1]
     print(json.dumps(SETTINGS[setting][1]()))
     return
+  started, load = harness.utc_now(), harness.load_average()
   results = measure()
-  print(json.dumps(results) if "--json" in sys.argv else report(results))
+  print(report(results))
+  print(f"wrote {harness.save(NAME, results, parameters(), started, load)}")
 
 
 if __name__ == "__main__":

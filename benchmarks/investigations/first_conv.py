@@ -6,18 +6,18 @@ fuses them with the ReLU and pooling that follow; called without differentiation
 (logits, deletion curves, the completeness check of Integrated Gradients) it is a
 plain ``lax.conv_general_dilated``. This script compiles the logits of 256 random
 digits on the untrained site models both ways: the package's, and a variant whose
-forward pass is always the shifted form (same custom VJP). It reports the compile
-time, the number of XLA kernels in the compiled program, the median warm call
-(the two executables' calls interleaved) and the largest difference between the
-two logits, once without XLA flags and once with the fast-convolution flag
+forward pass is always the shifted form (the primal half of ``jax.vjp`` of
+``conv_one_channel``, which is that form). It reports the compile time, the number
+of XLA kernels in the compiled program, the median warm call (the two executables'
+calls interleaved) and the largest difference between the two logits, once without
+XLA flags and once with the fast-convolution flag
 (``--xla_cpu_experimental_ynn_fusion_type=``), each in a fresh process.
 
 See the Performance page.
 
 Usage::
 
-    python benchmarks/first_conv.py            # prints the table
-    python benchmarks/first_conv.py --json     # the same numbers as JSON
+    python benchmarks/investigations/first_conv.py   # table; writes results/first_conv.json
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
-from bench import XLA_MODES
-from page_faults import run_in_fresh_process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+import harness
 
+NAME = "first_conv"  # results/<NAME>.json
 BATCH = 256
 CALLS = 30
-SETTINGS = ("default", "fast-conv")  # bench.py's names: no XLA flags, the fast-conv flag
+SETTINGS = ("default", "fast-conv")  # harness.XLA_MODES: no XLA flags, the fast-conv flag
 FORMS = ("plain", "shifted")
 # Results: {model: {form: {"compile_s", "kernels", "ms"}, "max_difference": float}}
 Results = dict[str, dict]
@@ -61,24 +63,26 @@ def _worker() -> Results:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bench import interleaved
   from flax import nnx
 
   from saliency_guide import layers
   from saliency_guide.models import CNN, GapCNN
 
-  shifted = jax.custom_vjp(layers._one_channel_shifts)  # the 9 shifted multiply-adds, always
-  shifted.defvjp(layers._conv_one_channel_fwd, layers._conv_one_channel_bwd)
+  package = layers.conv_one_channel
+
+  def shifted(x, kernel):  # the forward rule of conv_one_channel's VJP: 9 shifted multiply-adds
+    return jax.vjp(package, x, kernel)[0]
+
   images = jnp.asarray(np.random.default_rng(1).random((BATCH, 28, 28, 1), np.float32))
   jax.jit(lambda x: 2 * x).lower(images).compile()  # the process's one-off compiler start-up
   results = {}
   for model_class in (CNN, GapCNN):
     model = model_class(rngs=nnx.Rngs(0))
-    forms = {"plain": _compiled_logits(model, images, layers.conv_one_channel),
+    forms = {"plain": _compiled_logits(model, images, package),
              "shifted": _compiled_logits(model, images, shifted)}
-    timings, outputs = interleaved(
+    timings, outputs = harness.interleaved(
         {form: lambda run=run, model=model: jax.block_until_ready(run(model, images))
-         for form, (_, run, _) in forms.items()}, CALLS, 0.0, CALLS)
+         for form, (_, run, _) in forms.items()}, CALLS)
     results[model_class.__name__] = {
         **{form: {"compile_s": seconds, "kernels": kernels, "ms": 1e3 * timings[form].median_s}
            for form, (seconds, _, kernels) in forms.items()},
@@ -87,15 +91,22 @@ def _worker() -> Results:
   return results
 
 
+def parameters() -> dict:
+  """What :func:`measure` measures, as recorded beside its results."""
+  return {"batch": BATCH, "calls": CALLS}
+
+
 def measure() -> dict[str, Results]:
   """``{setting: results}``, each setting in a fresh process with only its XLA flag."""
-  return {setting: run_in_fresh_process(__file__, ["--worker"], xla_flags=XLA_MODES[setting])
+  return {setting: harness.run_in_fresh_process(__file__, ["--worker"],
+                                                xla_flags=harness.XLA_MODES[setting])
           for setting in SETTINGS}
 
 
-def report(results: dict[str, Results]) -> str:
-  """All of :func:`measure`'s results as a text table."""
-  lines = [f"logits of {BATCH} digits; median of {CALLS} interleaved calls",
+def report(results: dict[str, Results], params: dict | None = None) -> str:
+  """:func:`measure`'s results as a text table (``params``: :func:`parameters`'s, recorded)."""
+  params = params or parameters()
+  lines = [f"logits of {params['batch']} digits; median of {params['calls']} interleaved calls",
            f"{'setting':10s} {'model':7s} {'form':8s} {'compile s':>9s} {'kernels':>8s} "
            f"{'ms/call':>8s}"]
   for setting, by_model in results.items():
@@ -110,8 +121,10 @@ def main() -> None:
   if "--worker" in sys.argv:
     print(json.dumps(_worker()))
     return
+  started, load = harness.utc_now(), harness.load_average()
   results = measure()
-  print(json.dumps(results) if "--json" in sys.argv else report(results))
+  print(report(results))
+  print(f"wrote {harness.save(NAME, results, parameters(), started, load)}")
 
 
 if __name__ == "__main__":

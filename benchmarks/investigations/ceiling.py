@@ -4,9 +4,10 @@ A gradient map is one forward and one input-gradient pass, and on the site's
 models nearly all of its arithmetic is convolution. This script times each of a
 model's convolutions by itself, forward and input gradient, exactly as the package
 runs them in a gradient map (:func:`saliency_guide.layers.conv_same` /
-:func:`~saliency_guide.layers.conv_one_channel`, batch 256), under both XLA
-settings (no flags, and the documented opt-in
-``--xla_cpu_experimental_ynn_fusion_type=``), each in its own process. The sum at
+:func:`~saliency_guide.layers.conv_one_channel`, batch 256, each feature map's
+size read from the model with ``nnx.capture``), under both XLA settings (no
+flags, and the documented opt-in ``--xla_cpu_experimental_ynn_fusion_type=``),
+each in its own process. The sum at
 the faster setting is a floor for any gradient map built on XLA's convolutions;
 the script sets it beside the last recorded benchmark (``results/cpu.csv``,
 gradients, batch 256) and the time that twice Captum's throughput would allow.
@@ -26,7 +27,7 @@ fewer multiplications, as 16 matrix products of transformed tiles).
 
 Usage::
 
-    python benchmarks/ceiling.py     # prints a summary, writes results/cpu.ceiling.json
+    python benchmarks/investigations/ceiling.py   # a summary; writes results/cpu.ceiling.json
 
 ``nox -s bench`` runs it after the benchmark; run it on the machine of (and close
 in time to) the recorded benchmark.
@@ -35,21 +36,19 @@ in time to) the recorded benchmark.
 from __future__ import annotations
 
 import csv
-import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness
+import harness
+from harness import RESULTS
+
 BATCH = 256
 MODELS = ("cnn", "gap_cnn")
-XLA_MODES = {"default": "", "fast-conv": "--xla_cpu_experimental_ynn_fusion_type="}
+XLA_MODES = {mode: harness.XLA_MODES[mode] for mode in ("default", "fast-conv")}
 ROUNDS = 25  # timed calls per function, interleaved across functions
 MATMUL_SIZES = (1024, 2048)  # square float32 products: a matrix kernel's best case
 
@@ -151,8 +150,7 @@ def _worker() -> dict:
 
   import saliency_guide as sg
   from saliency_guide import layers
-  from saliency_guide.methods._cam import map_shape
-  from saliency_guide.methods._core import logit_gradient
+  from saliency_guide.methods import logit_gradient
 
   out = {}
   for name in MODELS:
@@ -165,13 +163,14 @@ def _worker() -> dict:
       return logit_gradient(nnx.merge(graphdef, state), images, targets)
 
     gflop = _gflop(jax.jit(gradients), (state, images, targets))
+    _, feature_maps = nnx.capture(model, nnx.Intermediate)(images[:1])  # each conv's output
 
     calls = {}
     conv_gflop = 0.0  # XLA's count for every convolution, forward and input gradient
     key = jax.random.key(0)
     for layer in model.feature_layers:
       kernel = getattr(model, layer).kernel[...]
-      h, w = map_shape(model, images, layer)[1:3]
+      h, w = feature_maps[layer][0].shape[1:3]  # a SAME convolution: its input's size too
       x = jax.random.uniform(key, (BATCH, h, w, kernel.shape[2]), jnp.float32)
       g = jax.random.normal(key, (BATCH, h, w, kernel.shape[3]), jnp.float32)
       conv = layers.conv_one_channel if kernel.shape[2] == 1 else layers.conv_same
@@ -234,12 +233,9 @@ def main() -> None:
   if "--worker" in sys.argv:
     print(json.dumps(_worker()))
     return
-  measured = {}
-  for mode, flags in XLA_MODES.items():
-    env = {**os.environ, "XLA_FLAGS": flags}
-    done = subprocess.run([sys.executable, __file__, "--worker"], env=env, check=True,
-                          capture_output=True, text=True)
-    measured[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+  started, load = harness.utc_now(), harness.load_average()
+  measured = {mode: harness.run_in_fresh_process(__file__, ["--worker"], xla_flags=flags)
+              for mode, flags in XLA_MODES.items()}
   models = {}
   for name in MODELS:
     recorded = _recorded_ms(name)
@@ -279,10 +275,12 @@ def main() -> None:
     for mode, m in measured.items():
       for label, t in m[name]["reformulated_ms"].items():
         print(f"  {label} ({mode}): {t:.2f} ms")
+  run = harness.record(started, load)
   result = {
-      "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-      "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-      "load_average": os.getloadavg(),
+      "date": f"{run['finished_utc']} UTC",
+      "machine": f"{run['cpu']}, {run['cores']} cores",
+      "load_average": run["load_after"],
+      "record": run,
       "batch": BATCH,
       "rounds": ROUNDS,
       "models": models,

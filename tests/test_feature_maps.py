@@ -1,0 +1,114 @@
+"""Tests of the machinery every class-activation method shares (methods._feature_maps).
+
+* ``layer_score`` adds a *zero* perturbation: its value is the logit and its
+  auxiliary output the captured maps;
+* the upsampling's pixel-centre alignment on a ramp;
+* shapes with and without upsampling for every layer;
+* the checks every method shares (no feature maps, unknown layer, bad flags,
+  bad images/targets), in the public functions and in the registered cores;
+* each registered core equals its method; no retracing on new images of the
+  same shape.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from feature_map_models import METHODS, TINY_IMAGE, digits, quadratic_head, small
+from model_factories import compilations
+from saliency_guide import methods
+from saliency_guide.methods._feature_maps import layer_score, map_shape, upsample_maps
+from saliency_guide.models import CNN, MLP, GapCNN
+
+
+def test_layer_score_perturbation_is_zero():
+  model = quadratic_head()
+  score = layer_score(model, TINY_IMAGE, jnp.array([0]), "feat")
+  value, a = score(jnp.zeros(map_shape(model, TINY_IMAGE, "feat")))
+  np.testing.assert_allclose(value, model(TINY_IMAGE)[0, 0], atol=1e-6)  # nothing added
+  np.testing.assert_allclose(a, nnx.capture(model, nnx.Intermediate)(TINY_IMAGE)[1]["feat"]
+                             .get_value()[0], atol=0)
+
+
+def test_upsampling_aligns_cell_centres_with_pixel_block_centres():
+  ramp = jnp.broadcast_to(jnp.arange(7.0)[None, None, :], (1, 7, 7))  # value = column index
+  up = upsample_maps(ramp, (28, 28))[0, 0]
+  p = np.arange(28)
+  # Cell r summarises pixels 4r..4r+3 (centre 4r + 1.5): pixel p sits at cell (p + 0.5)/4 - 0.5,
+  # and beyond the outermost centres the edge value is repeated.
+  np.testing.assert_allclose(up, np.clip((p + 0.5) / 4 - 0.5, 0, 6), atol=1e-6)
+
+
+SHAPES = {"conv1": (28, 28), "conv2": (14, 14), "conv3": (7, 7)}
+
+
+@pytest.mark.parametrize("name", ["grad_cam", "grad_cam_plus_plus", "score_cam"])
+def test_shapes_every_layer(name):
+  model = small(GapCNN)
+  x, t = digits(), jnp.array([1, 2])
+  assert METHODS[name](model, x, t).shape == (2, 28, 28)
+  for layer in model.feature_layers:
+    low = METHODS[name](model, x, t, layer=layer, upsample=False)
+    assert low.shape == (2, *SHAPES[layer])
+    assert bool(jnp.isfinite(low).all()) and float(low.min()) >= 0  # after the ReLU
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_errors_common(name):
+  method = METHODS[name]
+  x, t = digits(), jnp.array([1, 2])
+  with pytest.raises(ValueError, match="no conv feature maps"):
+    method(small(MLP), x, t)
+  model = small(GapCNN)
+  with pytest.raises(ValueError, match=r"layer: expected one of 'conv1', 'conv2', 'conv3', got "
+                                       r"'head'"):
+    method(model, x, t, layer="head")
+  with pytest.raises(TypeError, match="layer"):
+    method(model, x, t, layer=3)
+  with pytest.raises(TypeError, match="upsample"):
+    method(model, x, t, upsample="yes")
+  with pytest.raises(ValueError, match="images"):
+    method(model, x.transpose(0, 3, 1, 2), t)
+  with pytest.raises(ValueError, match="targets"):
+    method(model, x, jnp.array([1, 10]))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_core_checks_options_then_the_layer_against_the_model(name):
+  x, t = digits(), jnp.array([1, 2])
+  with pytest.raises(TypeError, match="layer"):
+    methods.core(METHODS[name], x, layer=3)
+  with pytest.raises(TypeError, match="upsample"):
+    methods.core(METHODS[name], x, upsample="yes")
+  core = methods.core(METHODS[name], x, layer="head")  # the model is not known yet
+  with pytest.raises(ValueError, match=r"layer: expected one of 'conv1', 'conv2', 'conv3'"):
+    core(small(GapCNN), x, t)
+  with pytest.raises(ValueError, match="no conv feature maps"):
+    methods.core(METHODS[name], x)(small(MLP), x, t)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_core_equals_the_method(name):
+  model, x, t = small(GapCNN), digits(), jnp.array([4, 8])
+  options = {} if name in ("cam", "guided_grad_cam") else {"relu": False}
+  core = methods.core(METHODS[name], x, **options)
+  np.testing.assert_allclose(core(model, x, t), METHODS[name](model, x, t, **options),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_no_retracing_on_new_images(name):
+  model = small(GapCNN, seed=5)
+  METHODS[name](model, digits(seed=10), jnp.array([1, 2]))
+  with compilations() as compiles:
+    METHODS[name](model, digits(seed=11), jnp.array([3, 4]))
+  assert compiles == []
+
+
+def test_cnn_default_layer_is_its_last_conv_layer():
+  cnn, x, t = small(CNN), digits(), jnp.array([1, 2])
+  assert methods.grad_cam(cnn, x, t, layer="conv1", upsample=False).shape == (2, 28, 28)
+  assert methods.grad_cam(cnn, x, t, upsample=False).shape == (2, 14, 14)
