@@ -72,8 +72,9 @@ def test_errors_cam():
 
 
 def test_core_skips_the_check_on_the_logits_but_not_the_structural_ones():
-  x, t = digits(), jnp.array([1, 2])
-  core = methods.core(methods.cam, TINY_IMAGE)
-  assert core(tiny_gap(MaxPoolHead), TINY_IMAGE, jnp.array([0])).shape == (1, 2, 2)
+  x = digits()
+  model = tiny_gap(MaxPoolHead)
+  core = methods.core(methods.cam, model, TINY_IMAGE)
+  assert core(model, TINY_IMAGE, jnp.array([0])).shape == (1, 2, 2)
   with pytest.raises(ValueError, match="exists only there"):
-    methods.core(methods.cam, x, layer="conv2")(small(GapCNN), x, t)
+    methods.core(methods.cam, small(GapCNN), x, layer="conv2")

@@ -77,24 +77,23 @@ def test_errors_common(name):
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_core_checks_options_then_the_layer_against_the_model(name):
-  x, t = digits(), jnp.array([1, 2])
+def test_core_checks_the_options_against_the_model(name):
+  x, model = digits(), small(GapCNN)
   with pytest.raises(TypeError, match="layer"):
-    methods.core(METHODS[name], x, layer=3)
+    methods.core(METHODS[name], model, x, layer=3)
   with pytest.raises(TypeError, match="upsample"):
-    methods.core(METHODS[name], x, upsample="yes")
-  core = methods.core(METHODS[name], x, layer="head")  # the model is not known yet
+    methods.core(METHODS[name], model, x, upsample="yes")
   with pytest.raises(ValueError, match=r"layer: expected one of 'conv1', 'conv2', 'conv3'"):
-    core(small(GapCNN), x, t)
+    methods.core(METHODS[name], model, x, layer="head")
   with pytest.raises(ValueError, match="no conv feature maps"):
-    methods.core(METHODS[name], x)(small(MLP), x, t)
+    methods.core(METHODS[name], small(MLP), x)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_core_equals_the_method(name):
   model, x, t = small(GapCNN), digits(), jnp.array([4, 8])
   options = {} if name in ("cam", "guided_grad_cam") else {"relu": False}
-  core = methods.core(METHODS[name], x, **options)
+  core = methods.core(METHODS[name], model, x, **options)
   np.testing.assert_allclose(core(model, x, t), METHODS[name](model, x, t, **options),
                              rtol=1e-5, atol=1e-6)
 

@@ -140,4 +140,4 @@ def test_unknown_derivatives_is_an_error():
   with pytest.raises(ValueError, match=message):
     methods.grad_cam_plus_plus(model, x, t, derivatives="powers")
   with pytest.raises(ValueError, match=message):
-    methods.core(methods.grad_cam_plus_plus, x, derivatives="powers")
+    methods.core(methods.grad_cam_plus_plus, model, x, derivatives="powers")

@@ -33,4 +33,4 @@ def test_upsample_false_is_an_error():
   with pytest.raises(ValueError, match="upsample"):
     methods.guided_grad_cam(model, x, t, upsample=False)
   with pytest.raises(ValueError, match="upsample"):
-    methods.core(methods.guided_grad_cam, x, upsample=False)
+    methods.core(methods.guided_grad_cam, model, x, upsample=False)

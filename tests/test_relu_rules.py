@@ -235,7 +235,7 @@ def test_core_equals_the_method_and_leaves_the_model_alone(name):
   """The registered core, called eagerly (no jit), on checked inputs."""
   model = randomize_biases(small(CNN))
   images, targets = images_for(signed=True), jnp.array([0, 4, 9])
-  core = methods.core(METHODS[name], images)
+  core = methods.core(METHODS[name], model, images)
   np.testing.assert_allclose(core(model, images, targets), METHODS[name](model, images, targets),
                              rtol=1e-5, atol=1e-7)
   assert model.activation is relu  # the core swapped the rule on a copy

@@ -42,7 +42,7 @@ def identity(model, images, targets):
   return _identity_core(model, images, targets, None)
 
 
-register(identity, lambda images: Core(_identity_core))
+register(identity, lambda model, images: Core(_identity_core))
 
 
 def identity_without_core(model, images, targets):
@@ -222,9 +222,9 @@ def test_a_smoothed_method_has_a_core_and_can_be_smoothed_again():
   model = toy_mlp()
   images, targets = toy_batch()
   inner = methods.smoothgrad(methods.gradients, samples=2, key=jax.random.key(1))
-  assert isinstance(methods.core(inner, jnp.asarray(images)), Core)
+  assert isinstance(methods.core(inner, model, jnp.asarray(images)), Core)
   assert methods.core(methods.smoothgrad(identity_without_core, key=jax.random.key(1)),
-                      jnp.asarray(images)) is None
+                      model, jnp.asarray(images)) is None
   run = lambda method: methods.smoothgrad(  # noqa: E731
       method, samples=3, key=jax.random.key(0))(model, images, targets)
   np.testing.assert_allclose(run(inner), run(without_core(inner)), rtol=1e-5, atol=1e-6)

@@ -29,7 +29,6 @@ from saliency_guide.validation import check_choice, check_flag
 __all__ = [
     "CHUNK_ELEMENTS",
     "check_layer",
-    "check_layer_name",
     "checked_options",
     "chunk_size",
     "feature_maps",
@@ -45,27 +44,19 @@ __all__ = [
 CHUNK_ELEMENTS = 2**24
 
 
-def check_layer_name(layer: object) -> str | None:
-  """``layer`` if it is ``None`` or a string, else a ``TypeError``.
-
-  What can be checked without the model (a method's ``prepare``); the name is
-  checked against the model by :func:`check_layer`.
-  """
-  if layer is not None and not isinstance(layer, str):
-    raise TypeError(f"layer: expected None or the name of a conv layer, got {layer!r}")
-  return layer
-
-
-def checked_options(layer: object, upsample: object) -> tuple[tuple[str, str | bool | None], ...]:
-  """``(("layer", layer), ("upsample", upsample))`` checked without the model, for a ``Core``."""
-  return (("layer", check_layer_name(layer)), ("upsample", check_flag("upsample", upsample)))
+def checked_options(
+    model: nnx.Module, layer: object, upsample: object, **flags: object
+) -> tuple[tuple[str, str | bool], ...]:
+  """``(("layer", name), ("upsample", flag), *flags)`` checked against ``model``, for a ``Core``."""
+  options = {"layer": check_layer(model, layer), "upsample": upsample, **flags}
+  return tuple((k, v if k == "layer" else check_flag(k, v)) for k, v in options.items())
 
 
 def check_layer(model: nnx.Module, layer: object) -> str:
   """The validated layer name: ``layer``, or the last feature map if ``None``.
 
-  A static check of the model's structure (no tracing): the cores call it while
-  they are traced, because a method's ``prepare`` does not see the model.
+  A static check of the model's structure (no tracing), made once per call by
+  each method's ``prepare``.
 
   Raises:
     ValueError: the model exposes no conv feature maps, or ``layer`` is not one

@@ -21,14 +21,13 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._feature_maps import (
-    check_layer,
     checked_options,
     feature_maps,
     finish,
     weighted_sum,
 )
 from saliency_guide.models import conv_layer_names
-from saliency_guide.validation import check_flag, check_inputs
+from saliency_guide.validation import check_inputs
 
 __all__ = ["cam"]
 
@@ -69,12 +68,10 @@ def _check_cam_model(model: nnx.Module, layer: str) -> None:
 
 def _cam_and_error(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str | None, upsample: bool,
+    layer: str, upsample: bool,
 ) -> tuple[jax.Array, jax.Array]:
   """The maps of :func:`cam` and the relative error of the identity ``y = head(GAP(A))``."""
   del operands
-  layer = check_layer(model, layer)  # the model's structure: checked while tracing
-  _check_cam_model(model, layer)
   logits, a = feature_maps(model, images, layer)
   head = model.head
   if head.in_features != a.shape[-1]:  # static shapes: raised while tracing
@@ -89,7 +86,7 @@ def _cam_and_error(
 
 def _cam_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str | None, upsample: bool,
+    layer: str, upsample: bool,
 ) -> jax.Array:
   """Traceable core of :func:`cam`: the maps, without the check of ``y = head(GAP(A))``.
 
@@ -170,10 +167,10 @@ def cam(
     Features for Discriminative Localization.* CVPR 2016. arXiv:1512.04150.
   """
   images, targets = check_inputs(model, images, targets)
-  layer = check_layer(model, layer)
-  upsample = check_flag("upsample", upsample)
-  maps, error = _cam(model, images, targets, None, layer=layer, upsample=upsample)
+  core = _prepare(model, images, layer=layer, upsample=upsample)
+  maps, error = _cam(model, images, targets, None, **dict(core.static))
   if float(error) > GAP_TOLERANCE:
+    layer = dict(core.static)["layer"]
     raise ValueError(
         f"model: CAM needs logits y^c = sum_k w^c_k GAP(A^k) + b^c, but "
         f"{type(model).__name__}'s logits differ from model.head applied to the global "
@@ -183,9 +180,13 @@ def cam(
   return maps
 
 
-def _prepare(images: jax.Array, *, layer: str | None = None, upsample: bool = True) -> Core:
+def _prepare(
+    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True
+) -> Core:
   del images
-  return Core(_cam_core, static=checked_options(layer, upsample))
+  static = checked_options(model, layer, upsample)
+  _check_cam_model(model, dict(static)["layer"])  # the structure; the channels while tracing
+  return Core(_cam_core, static=static)
 
 
 register(cam, _prepare)

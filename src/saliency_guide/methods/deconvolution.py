@@ -79,8 +79,6 @@ def _deconvolution_core(
   return logit_gradient(replace_relus(model, deconv_relu), images, targets)
 
 
-_deconvolution = jax.jit(_deconvolution_core)
-
 
 def deconvolution(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
   r"""Deconvnet saliency (Zeiler & Fergus, 2014): the logit's gradient with rectified ReLUs.
@@ -127,11 +125,11 @@ def deconvolution(model: nnx.Module, images: jax.Array, targets: jax.Array) -> j
     ECCV 2014, arXiv:1311.2901.
   """
   images, targets = check_inputs(model, images, targets)
-  return _deconvolution(model, images, targets, None)
+  return _prepare(model, images).run(model, images, targets)
 
 
-def _prepare(images: jax.Array) -> Core:
-  del images
+def _prepare(model: nnx.Module, images: jax.Array) -> Core:
+  del model, images  # no options to check
   return Core(_deconvolution_core)
 
 

@@ -98,9 +98,9 @@ def expected_gradients(
     expected gradients.* Nature Machine Intelligence 3, 2021. arXiv:1906.10670.
   """
   images, targets = check_inputs(model, images, targets)
-  c = _prepare(images, references=references, samples=samples, key=key,
-               internal_batch_size=internal_batch_size)
-  return _expected_gradients(model, images, targets, c.operands, **dict(c.static))
+  core = _prepare(model, images, references=references, samples=samples, key=key,
+                  internal_batch_size=internal_batch_size)
+  return core.run(model, images, targets)
 
 
 def _expected_gradients_core(
@@ -125,10 +125,8 @@ def _expected_gradients_core(
   )
 
 
-_expected_gradients = jax.jit(_expected_gradients_core, static_argnames=("samples", "per_pass"))
-
-
 def _prepare(
+    model: nnx.Module,
     images: jax.Array,
     *,
     references: jax.Array,
@@ -137,6 +135,7 @@ def _prepare(
     internal_batch_size: int = 64,
 ) -> Core:
   """The options of :func:`expected_gradients` checked, as a :class:`Core`."""
+  del model
   references = check_image_batch("references", references, like=images)
   samples = check_positive_int("samples", samples)
   per_pass = check_positive_int("internal_batch_size", internal_batch_size)

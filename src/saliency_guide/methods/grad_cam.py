@@ -20,14 +20,13 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._feature_maps import (
-    check_layer,
     checked_options,
     finish,
     layer_score,
     map_shape,
     weighted_sum,
 )
-from saliency_guide.validation import check_flag, check_inputs
+from saliency_guide.validation import check_inputs
 
 __all__ = ["grad_cam"]
 
@@ -43,16 +42,12 @@ def _grad_cam_sum(model, images, targets, layer):
 
 def _grad_cam_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str | None, upsample: bool, relu: bool,
+    layer: str, upsample: bool, relu: bool,
 ) -> jax.Array:
   """Traceable core of :func:`grad_cam` on checked inputs."""
   del operands
-  layer = check_layer(model, layer)  # the model's structure: checked while tracing
   maps = _grad_cam_sum(model, images, targets, layer)
   return finish(maps, images.shape[1:3], relu=relu, upsample=upsample)
-
-
-_grad_cam = jax.jit(_grad_cam_core, static_argnames=("layer", "upsample", "relu"))
 
 
 def grad_cam(
@@ -118,17 +113,16 @@ def grad_cam(
     Localization.* ICCV 2017. arXiv:1610.02391.
   """
   images, targets = check_inputs(model, images, targets)
-  layer = check_layer(model, layer)
-  upsample = check_flag("upsample", upsample)
-  relu = check_flag("relu", relu)
-  return _grad_cam(model, images, targets, None, layer=layer, upsample=upsample, relu=relu)
+  core = _prepare(model, images, layer=layer, upsample=upsample, relu=relu)
+  return core.run(model, images, targets)
 
 
 def _prepare(
-    images: jax.Array, *, layer: str | None = None, upsample: bool = True, relu: bool = True
+    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True,
+    relu: bool = True,
 ) -> Core:
   del images
-  static = (*checked_options(layer, upsample), ("relu", check_flag("relu", relu)))
+  static = checked_options(model, layer, upsample, relu=relu)
   return Core(_grad_cam_core, static=static)
 
 

@@ -40,7 +40,7 @@ from saliency_guide.methods._feature_maps import (
     map_shape,
     weighted_sum,
 )
-from saliency_guide.validation import check_choice, check_flag, check_inputs
+from saliency_guide.validation import check_choice, check_inputs
 
 __all__ = ["DERIVATIVES", "diagonal_derivatives", "grad_cam_plus_plus"]
 
@@ -85,7 +85,7 @@ def _diagonals(model, images, targets, layer, order):
 
 @functools.partial(jax.jit, static_argnames=("layer", "order"))
 def _diagonal_derivatives(model, images, targets, layer, order):
-  return _diagonals(model, images, targets, check_layer(model, layer), order)
+  return _diagonals(model, images, targets, layer, order)
 
 
 def diagonal_derivatives(
@@ -148,11 +148,10 @@ def diagonal_derivatives(
 
 def _grad_cam_plus_plus_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str | None, upsample: bool, relu: bool, derivatives: str,
+    layer: str, upsample: bool, relu: bool, derivatives: str,
 ) -> jax.Array:
   """Traceable core of :func:`grad_cam_plus_plus` on checked inputs."""
   del operands
-  layer = check_layer(model, layer)  # the model's structure: checked while tracing
   exact = derivatives == "exact"
   a, d1, d2, d3 = _diagonals(model, images, targets, layer, 3 if exact else 1)
   # Derivatives of Y = exp(S), divided by exp(S) (it cancels in alpha).
@@ -164,10 +163,6 @@ def _grad_cam_plus_plus_core(
   alpha = jnp.where(nonzero, second / jnp.where(nonzero, denominator, 1.0), 0.0)
   weights = (alpha * jax.nn.relu(d1)).sum(axis=(1, 2))  # (B, K)
   return finish(weighted_sum(weights, a), images.shape[1:3], relu=relu, upsample=upsample)
-
-
-_grad_cam_plus_plus = jax.jit(
-    _grad_cam_plus_plus_core, static_argnames=("layer", "upsample", "relu", "derivatives"))
 
 
 def grad_cam_plus_plus(
@@ -255,20 +250,17 @@ def grad_cam_plus_plus(
     Convolutional Networks.* WACV 2018. arXiv:1710.11063.
   """
   images, targets = check_inputs(model, images, targets)
-  layer = check_layer(model, layer)
-  upsample = check_flag("upsample", upsample)
-  relu = check_flag("relu", relu)
-  derivatives = check_choice("derivatives", derivatives, DERIVATIVES)
-  return _grad_cam_plus_plus(model, images, targets, None, layer=layer, upsample=upsample,
-                             relu=relu, derivatives=derivatives)
+  core = _prepare(model, images, layer=layer, upsample=upsample, relu=relu,
+                  derivatives=derivatives)
+  return core.run(model, images, targets)
 
 
 def _prepare(
-    images: jax.Array, *, layer: str | None = None, upsample: bool = True, relu: bool = True,
-    derivatives: str = "exact",
+    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True,
+    relu: bool = True, derivatives: str = "exact",
 ) -> Core:
   del images
-  static = (*checked_options(layer, upsample), ("relu", check_flag("relu", relu)),
+  static = (*checked_options(model, layer, upsample, relu=relu),
             ("derivatives", check_choice("derivatives", derivatives, DERIVATIVES)))
   return Core(_grad_cam_plus_plus_core, static=static)
 

@@ -69,8 +69,6 @@ def _gradients_core(
   return logit_gradient(model, images, targets)
 
 
-_gradients = jax.jit(_gradients_core)
-
 
 def gradients(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
   r"""Gradient of the target class logit with respect to the input (a saliency map).
@@ -117,11 +115,11 @@ def gradients(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.A
     2014. arXiv:1312.6034.
   """
   images, targets = check_inputs(model, images, targets)
-  return _gradients(model, images, targets, None)
+  return _prepare(model, images).run(model, images, targets)
 
 
-def _prepare(images: jax.Array) -> Core:
-  del images
+def _prepare(model: nnx.Module, images: jax.Array) -> Core:
+  del model, images  # no options to check
   return Core(_gradients_core)
 
 

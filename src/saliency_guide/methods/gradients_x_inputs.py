@@ -26,8 +26,6 @@ def _gradients_x_inputs_core(
   return images * logit_gradient(model, images, targets)
 
 
-_gradients_x_inputs = jax.jit(_gradients_x_inputs_core)
-
 
 def gradients_x_inputs(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
   r"""Input times the gradient of the target class logit (Gradient × Input).
@@ -75,11 +73,11 @@ def gradients_x_inputs(model: nnx.Module, images: jax.Array, targets: jax.Array)
     arXiv:1711.06104.
   """
   images, targets = check_inputs(model, images, targets)
-  return _gradients_x_inputs(model, images, targets, None)
+  return _prepare(model, images).run(model, images, targets)
 
 
-def _prepare(images: jax.Array) -> Core:
-  del images
+def _prepare(model: nnx.Module, images: jax.Array) -> Core:
+  del model, images  # no options to check
   return Core(_gradients_x_inputs_core)
 
 

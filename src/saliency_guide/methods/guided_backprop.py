@@ -80,8 +80,6 @@ def _guided_backprop_core(
   return logit_gradient(replace_relus(model, guided_relu), images, targets)
 
 
-_guided_backprop = jax.jit(_guided_backprop_core)
-
 
 def guided_backprop(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
   r"""Guided Backpropagation (Springenberg et al., 2015): gradient ∧ deconvnet at every ReLU.
@@ -126,11 +124,11 @@ def guided_backprop(model: nnx.Module, images: jax.Array, targets: jax.Array) ->
     All Convolutional Net*, ICLR workshop 2015, arXiv:1412.6806.
   """
   images, targets = check_inputs(model, images, targets)
-  return _guided_backprop(model, images, targets, None)
+  return _prepare(model, images).run(model, images, targets)
 
 
-def _prepare(images: jax.Array) -> Core:
-  del images
+def _prepare(model: nnx.Module, images: jax.Array) -> Core:
+  del model, images  # no options to check
   return Core(_guided_backprop_core)
 
 

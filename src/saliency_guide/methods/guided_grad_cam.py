@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
-from saliency_guide.methods._feature_maps import check_layer, check_layer_name, finish
+from saliency_guide.methods._feature_maps import check_layer, finish
 from saliency_guide.methods._relu_rules import replace_relus
 from saliency_guide.methods.grad_cam import _grad_cam_sum
 from saliency_guide.methods.gradients import logit_gradient
@@ -27,28 +27,16 @@ from saliency_guide.validation import check_flag, check_inputs
 __all__ = ["guided_grad_cam"]
 
 
-def _check_upsample(upsample: object) -> None:
-  if check_flag("upsample", upsample) is not True:
-    raise ValueError(
-        "upsample: Guided Grad-CAM multiplies the pixel-resolution Guided Backpropagation "
-        "map by Grad-CAM, so Grad-CAM must be upsampled to the input; got upsample=False"
-    )
-
-
 def _guided_grad_cam_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str | None,
+    layer: str,
 ) -> jax.Array:
   """Traceable core of :func:`guided_grad_cam`: both maps in one program."""
   del operands
-  layer = check_layer(model, layer)  # the model's structure: checked while tracing
   coarse = finish(_grad_cam_sum(model, images, targets, layer), images.shape[1:3],
                   relu=True, upsample=True)
   guided = replace_relus(model, guided_relu)  # a copy: model is not modified
   return logit_gradient(guided, images, targets) * coarse[..., None]
-
-
-_guided_grad_cam = jax.jit(_guided_grad_cam_core, static_argnames=("layer",))
 
 
 def guided_grad_cam(
@@ -103,15 +91,19 @@ def guided_grad_cam(
     Localization.* ICCV 2017. arXiv:1610.02391.
   """
   images, targets = check_inputs(model, images, targets)
-  layer = check_layer(model, layer)
-  _check_upsample(upsample)
-  return _guided_grad_cam(model, images, targets, None, layer=layer)
+  return _prepare(model, images, layer=layer, upsample=upsample).run(model, images, targets)
 
 
-def _prepare(images: jax.Array, *, layer: str | None = None, upsample: bool = True) -> Core:
+def _prepare(
+    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True
+) -> Core:
   del images
-  _check_upsample(upsample)
-  return Core(_guided_grad_cam_core, static=(("layer", check_layer_name(layer)),))
+  if check_flag("upsample", upsample) is not True:
+    raise ValueError(
+        "upsample: Guided Grad-CAM multiplies the pixel-resolution Guided Backpropagation "
+        "map by Grad-CAM, so Grad-CAM must be upsampled to the input; got upsample=False"
+    )
+  return Core(_guided_grad_cam_core, static=(("layer", check_layer(model, layer)),))
 
 
 register(guided_grad_cam, _prepare)

@@ -153,7 +153,7 @@ def integrated_gradients(
   """
   images, targets = check_inputs(model, images, targets)
   check_flag("return_delta", return_delta)
-  c = _prepare(images, baseline=baseline, steps=steps, method=method, key=key, sigma=sigma,
+  c = _prepare(model, images, baseline=baseline, steps=steps, method=method, key=key, sigma=sigma,
                internal_batch_size=internal_batch_size)
   baselines, key, alphas, weights = c.operands
   static = dict(c.static)
@@ -470,6 +470,7 @@ def _integrated_gradients(
 
 
 def _prepare(
+    model: nnx.Module,
     images: jax.Array,
     *,
     baseline: str | jax.Array | float | None = None,
@@ -480,6 +481,7 @@ def _prepare(
     internal_batch_size: int = 64,
 ) -> Core:
   """The options of :func:`integrated_gradients` checked, as a :class:`Core`."""
+  del model
   alphas, weights = quadrature(method, steps)
   per_pass = check_positive_int("internal_batch_size", internal_batch_size)
   if isinstance(baseline, str):  # made by the core, from the images it is given

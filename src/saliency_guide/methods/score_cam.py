@@ -21,14 +21,13 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._feature_maps import (
-    check_layer,
     checked_options,
     feature_maps,
     finish,
     upsample_maps,
     weighted_sum,
 )
-from saliency_guide.validation import check_flag, check_inputs
+from saliency_guide.validation import check_inputs
 
 __all__ = ["score_cam"]
 
@@ -38,11 +37,10 @@ SCORE_CAM_IMAGES = 512
 
 def _score_cam_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str | None, upsample: bool, relu: bool,
+    layer: str, upsample: bool, relu: bool,
 ) -> jax.Array:
   """Traceable core of :func:`score_cam` on checked inputs."""
   del operands
-  layer = check_layer(model, layer)  # the model's structure: checked while tracing
   _, a = feature_maps(model, images, layer)  # (B, h, w, K)
   size = images.shape[1:3]
   # H^k = s(Up(A^k)): upsample, then min-max normalise each map to [0, 1];
@@ -65,9 +63,6 @@ def _score_cam_core(
   baseline = logit(jnp.zeros_like(images))  # f^c(X_b), X_b = 0
   weights = (scores - baseline[None]).T  # (B, K): the increase of the logit
   return finish(weighted_sum(weights, a), size, relu=relu, upsample=upsample)
-
-
-_score_cam = jax.jit(_score_cam_core, static_argnames=("layer", "upsample", "relu"))
 
 
 def score_cam(
@@ -136,17 +131,16 @@ def score_cam(
     Networks.* CVPR Workshops 2020. arXiv:1910.01279.
   """
   images, targets = check_inputs(model, images, targets)
-  layer = check_layer(model, layer)
-  upsample = check_flag("upsample", upsample)
-  relu = check_flag("relu", relu)
-  return _score_cam(model, images, targets, None, layer=layer, upsample=upsample, relu=relu)
+  core = _prepare(model, images, layer=layer, upsample=upsample, relu=relu)
+  return core.run(model, images, targets)
 
 
 def _prepare(
-    images: jax.Array, *, layer: str | None = None, upsample: bool = True, relu: bool = True
+    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True,
+    relu: bool = True,
 ) -> Core:
   del images
-  static = (*checked_options(layer, upsample), ("relu", check_flag("relu", relu)))
+  static = checked_options(model, layer, upsample, relu=relu)
   return Core(_score_cam_core, static=static)
 
 

@@ -145,9 +145,9 @@ def smoothgrad(
   variant_index = np.int32(SMOOTHGRAD_VARIANTS.index(variant))
   name = getattr(method, "__name__", type(method).__name__)
 
-  def prepare(images: jax.Array, /, **options: Any) -> Core | None:
+  def prepare(model: nnx.Module, images: jax.Array, /, **options: Any) -> Core | None:
     """The core of ``smoothed`` (``None`` if ``method`` has none): a scan over chunks."""
-    inner = core(method, images, **options)
+    inner = core(method, model, images, **options)
     if inner is None:
       return None
     static = (("fn", inner.fn), ("static", inner.static), ("samples", samples),
@@ -156,9 +156,9 @@ def smoothgrad(
 
   def smoothed(model: nnx.Module, images: jax.Array, targets: jax.Array, **options: Any):
     images, targets = check_inputs(model, images, targets)
-    c = prepare(images, **options)
+    c = prepare(model, images, **options)
     if c is not None:  # all chunks in one compiled call
-      return _smoothgrad(model, images, targets, c.operands, **dict(c.static))
+      return c.run(model, images, targets)
     # A callable without a core: called once per chunk, with the same noise.
     per_chunk = _samples_per_chunk(samples, images.shape[0], batch_size)
     chunk_targets = jnp.tile(targets, per_chunk)
@@ -360,7 +360,6 @@ def _smoothgrad_core(
   return _finish(stats, variant)
 
 
-_smoothgrad = jax.jit(_smoothgrad_core, static_argnames=("fn", "static", "samples", "batch_size"))
 _noisy_chunk_jit = jax.jit(_noisy_chunk, static_argnames=("size",))
 _welford_jit = jax.jit(_welford)
 _finish_jit = jax.jit(_finish)
