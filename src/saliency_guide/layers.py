@@ -27,8 +27,9 @@ def relu(x: jax.Array) -> jax.Array:
   r"""The rectified linear unit, :math:`\max(x, 0)`, with the usual gradient.
 
   The models call their activation through the attribute ``model.activation``
-  (this function by default), so that modified-backpropagation methods can swap
-  the backward rule of every ReLU by attribute assignment on a copy of the model.
+  (this function by default), so that a copy can swap it by attribute
+  assignment; the modified-backpropagation methods find the ReLUs of any model
+  by tracing it (:func:`~saliency_guide.methods.with_relu_rule`).
 
   Args:
     x: any array.
@@ -237,7 +238,7 @@ def conv_one_channel(x: jax.Array, kernel: jax.Array) -> jax.Array:
   im2col form (patches × the ``(K·K, O)`` kernel): a matrix product and shifted
   adds. (The shifted form in a forward-only program is the slow one there:
   XLA:CPU then compiles each of the 9 shifted views and kernel rows as a kernel
-  of its own; ``benchmarks/first_conv.py`` measures both.) All of these equal
+  of its own; ``benchmarks/investigations/first_conv.py`` measures both.) All of these equal
   ``lax.conv_general_dilated`` and its autodiff to float32 rounding.
 
   Args:
