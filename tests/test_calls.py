@@ -83,10 +83,10 @@ class _NoFeatureLayers(FeatureMaps):
     return self.head(self.conv(x).mean(axis=(1, 2)))
 
 
-def test_input_channels_are_found_without_feature_layers():
+def test_input_channels_are_checked_by_tracing_without_feature_layers():
   model = _NoFeatureLayers(nnx.Rngs(0))
   assert model.in_channels is None
-  assert model_channels(model) == 3  # from the first nnx.Conv
-  with pytest.raises(ValueError, match="3 channel"):
+  assert model_channels(model) is None  # declared nowhere: the model is traced on the images
+  with pytest.raises(ValueError, match=r"could not be applied to images of shape \(2, 8, 8, 1\)"):
     methods.gradients(model, jnp.zeros((2, 8, 8, 1)), jnp.array([1, 2]))
   assert methods.gradients(model, jnp.zeros((2, 8, 8, 3)), jnp.array([1, 2])).shape == (2, 8, 8, 3)

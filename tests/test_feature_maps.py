@@ -1,7 +1,8 @@
 """Tests of the machinery every class-activation method shares (methods._feature_maps).
 
 * ``layer_score`` adds a *zero* perturbation: its value is the logit and its
-  auxiliary output the captured maps;
+  auxiliary output the captured maps, for a short name and for a submodule path;
+* short names are the maps a model exposes, a submodule object its own output;
 * the upsampling's pixel-centre alignment on a ramp;
 * shapes with and without upsampling for every layer;
 * the checks every method shares (no feature maps, unknown layer, bad flags,
@@ -12,15 +13,23 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+import user_models as um
 from feature_map_models import METHODS, TINY_IMAGE, digits, quadratic_head, small
 from model_factories import compilations
 from saliency_guide import methods
-from saliency_guide.methods._feature_maps import layer_score, map_shape, upsample_maps
+from saliency_guide.methods._feature_maps import (
+  check_layer,
+  feature_maps,
+  layer_score,
+  map_shape,
+  upsample_maps,
+)
 from saliency_guide.models import CNN, MLP, GapCNN
 
 
@@ -63,9 +72,12 @@ def test_errors_common(name):
   with pytest.raises(ValueError, match="no conv feature maps"):
     method(small(MLP), x, t)
   model = small(GapCNN)
-  with pytest.raises(ValueError, match=r"layer: expected one of 'conv1', 'conv2', 'conv3', got "
-                                       r"'head'"):
+  with pytest.raises(ValueError, match=r"layer: 'head' outputs an array of shape \(2, 10\) "
+                                       r"\(float32\), not feature maps \(B, h, w, K\).*"
+                                       r"feature_layers: 'conv1', 'conv2', 'conv3'"):
     method(model, x, t, layer="head")
+  with pytest.raises(ValueError, match=r"layer: GapCNN has no submodule at 'conv4'"):
+    method(model, x, t, layer="conv4")
   with pytest.raises(TypeError, match="layer"):
     method(model, x, t, layer=3)
   with pytest.raises(TypeError, match="upsample"):
@@ -83,7 +95,7 @@ def test_core_checks_the_options_against_the_model(name):
     methods.core(METHODS[name], model, x, layer=3)
   with pytest.raises(TypeError, match="upsample"):
     methods.core(METHODS[name], model, x, upsample="yes")
-  with pytest.raises(ValueError, match=r"layer: expected one of 'conv1', 'conv2', 'conv3'"):
+  with pytest.raises(ValueError, match=r"layer: 'head' outputs an array of shape \(2, 10\)"):
     methods.core(METHODS[name], model, x, layer="head")
   with pytest.raises(ValueError, match="no conv feature maps"):
     methods.core(METHODS[name], small(MLP), x)
@@ -105,6 +117,36 @@ def test_no_retracing_on_new_images(name):
   with compilations() as compiles:
     METHODS[name](model, digits(seed=11), jnp.array([3, 4]))
   assert compiles == []
+
+
+def test_short_names_mean_the_exposed_maps_and_objects_the_submodule_output():
+  # CNN's "conv1" is the map after its ReLU (self.expose); the object cnn.conv1 is the
+  # nnx.Conv itself, whose output comes before the ReLU.
+  cnn, x = small(CNN), digits()
+  assert check_layer(cnn, "conv1", x) == "conv1"
+  assert check_layer(cnn, cnn.conv1, x) == ("conv1",)
+  assert check_layer(cnn, None, x) == "conv2"
+  exposed = feature_maps(cnn, x, "conv1")[1]
+  pre = feature_maps(cnn, x, ("conv1",))[1]
+  assert float(pre.min()) < 0
+  np.testing.assert_array_equal(jax.nn.relu(pre), exposed)
+  with pytest.raises(ValueError, match=r"no submodule at 'conv9'; its feature_layers: 'conv1', "
+                                       r"'conv2'; submodules .* in forward order: none"):
+    check_layer(cnn, "conv9", x)
+
+
+def test_layer_score_at_a_path_adds_a_zero_perturbation():
+  model = um.BlockGap(rngs=nnx.Rngs(0))
+  x, t = digits(), jnp.array([0, 5])
+  score = layer_score(model, x, t, ("blocks", 1))
+  value, a = score(jnp.zeros(map_shape(model, x, ("blocks", 1))))
+  np.testing.assert_allclose(value, model(x)[jnp.arange(2), t].sum(), rtol=1e-6)
+  np.testing.assert_allclose(a, feature_maps(model, x, ("blocks", 1))[1], rtol=1e-6)
+  # The maps enter the logits through the perturbation: its gradient is dy/dA = w / Z here.
+  gradient = jax.grad(lambda p: score(p)[0])(jnp.zeros_like(a))
+  kernel = model.classifier.kernel[...]
+  np.testing.assert_allclose(gradient, jnp.broadcast_to(
+      kernel[:, t].T[:, None, None, :] / (14 * 14), a.shape), rtol=1e-6)
 
 
 def test_cnn_default_layer_is_its_last_conv_layer():

@@ -1,15 +1,18 @@
-"""Tests of the ReLU-rule swap shared by Deconvolution and Guided Backprop (methods._relu_rules).
+"""Tests of the ReLU rules shared by Deconvolution and Guided Backprop (methods._relu_rules).
+
+Models the package does not define: ``test_relu_rules_any_model.py``.
 
 * the three backward rules (gradient, deconvnet, guided) against each other
   for any input (hypothesis): guided = max(gradient, 0) = deconv · 1[x > 0];
   the forward pass and dtype are those of the ReLU;
 * a network in which no ReLU acts: all three maps coincide;
-* a model with no ReLU to modify (no ``activation`` attribute, or one that is
-  not a ReLU, such as the identity) is refused instead of silently given the
-  plain gradient; any implementation of max(x, 0) is accepted;
-* ``with_relu_rule`` copies the model, works inside a user's ``jit``, and
-  refuses a rule that is not a ReLU; alternating methods under ``jit`` never
-  reuse the other rule's compilation;
+* a model with no ReLU to modify (none at all, or an ``activation`` that is the
+  identity) is refused instead of silently given the plain gradient, and so is
+  an activation without a rule (named in the message); any implementation of
+  max(x, 0) is accepted, with the same maps;
+* ``with_relu_rule`` wraps the model without modifying it, works inside a user's
+  ``jit``, replaces an earlier rule, and refuses a rule that is not a ReLU;
+  alternating methods under ``jit`` never reuse the other rule's compilation;
 * each method's registered core equals the method; bad input is refused.
 """
 
@@ -143,14 +146,18 @@ def test_model_without_relu_is_an_error(method):
 
 
 @pytest.mark.parametrize(
-    "activation", [lambda x: x, jax.nn.gelu, lambda x: jax.nn.leaky_relu(x, 0.01), jnp.tanh]
+    ("activation", "message"),
+    [(lambda x: x, "no replaceable ReLU"), (jax.nn.gelu, r"MLP applies jax\.nn\.gelu"),
+     (lambda x: jax.nn.leaky_relu(x, 0.01), "MLP applies leaky_relu"),
+     (jnp.tanh, "MLP applies tanh")],
+    ids=["identity", "gelu", "leaky_relu", "tanh"],
 )
 @pytest.mark.parametrize("method", METHODS.values(), ids=METHODS)
-def test_activation_that_is_not_a_relu_is_an_error(method, activation):
-  """Replacing e.g. the identity by a ReLU would change the model: refuse."""
+def test_activation_that_is_not_a_relu_is_an_error(method, activation, message):
+  """Never the plain gradient: no ReLU at all, or an activation without a rule, is refused."""
   model = small(MLP)
   model.activation = activation
-  with pytest.raises(ValueError, match=r"model\.activation is .*not a ReLU"):
+  with pytest.raises(ValueError, match=message):
     method(model, images_for(batch=1), np.array([0]))
 
 
@@ -212,14 +219,17 @@ def test_with_relu_rule_inside_a_users_jit():
     )
 
 
-def test_with_relu_rule_replaces_an_earlier_rule_on_a_copy():
+def test_with_relu_rule_replaces_an_earlier_rule_and_leaves_the_model_alone():
   model = small(CNN)
   images, targets = images_for(signed=True), jnp.array([0, 1, 2])
-  guided_copy = methods.with_relu_rule(model, methods.guided_relu)
-  assert guided_copy.activation is methods.guided_relu and model.activation is relu
-  np.testing.assert_array_equal(guided_copy(images), model(images))
+  guided = methods.with_relu_rule(model, methods.guided_relu)
+  assert guided.model is model and model.activation is relu
+  np.testing.assert_array_equal(guided(images), model(images))
+  np.testing.assert_allclose(logit_gradient(guided, images, targets),
+                             methods.guided_backprop(model, images, targets), rtol=1e-6)
+  # A ReLU that already has a rule (guided_relu) is a ReLU: deconv_relu replaces it.
   np.testing.assert_allclose(
-      methods.deconvolution(guided_copy, images, targets),
+      methods.deconvolution(guided, images, targets),
       methods.deconvolution(model, images, targets),
       rtol=1e-6,
   )

@@ -60,3 +60,48 @@ def test_retraining_with_the_same_config_does_not_compile_again():
   with compilations() as compiles:
     train(MLP(rngs=nnx.Rngs(1)), x, y, config=config, progress=False)
   assert compiles == []
+
+
+class _BatchNormNet(nnx.Module):
+  """conv → BatchNorm → ReLU → global average → dense: a model with a training mode."""
+
+  def __init__(self, *, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, momentum=0.5, rngs=rngs)
+    self.head = nnx.Linear(4, 2, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.bn(self.conv(x))).mean(axis=(1, 2)))
+
+
+def test_batchnorm_statistics_are_updated_in_training_mode_only():
+  x, y = _separable(64)
+  config = TrainConfig(epochs=1, batch_size=32)
+  trained = _BatchNormNet(rngs=nnx.Rngs(0))
+  trained.train()
+  train(trained, x, y, config=config, progress=False)
+  assert not np.allclose(trained.bn.mean[...], 0.0)  # initial running mean: zeros
+  assert not np.allclose(trained.bn.var[...], 1.0)  # initial running variance: ones
+  frozen = _BatchNormNet(rngs=nnx.Rngs(0))
+  frozen.eval()
+  train(frozen, x, y, config=config, progress=False)
+  np.testing.assert_array_equal(frozen.bn.mean[...], 0.0)
+  np.testing.assert_array_equal(frozen.bn.var[...], 1.0)
+
+
+def test_eval_data_is_measured_in_eval_mode_and_leaves_the_statistics_alone():
+  x, y = _separable(64)
+  held_out = _separable(64, seed=1)
+  config = TrainConfig(epochs=1, batch_size=32)
+  models = []
+  for eval_data in (None, held_out):
+    model = _BatchNormNet(rngs=nnx.Rngs(0))
+    model.train()
+    result = train(model, x, y, config=config, eval_data=eval_data, progress=False)
+    models.append(model)
+  for name in ("mean", "var"):
+    np.testing.assert_array_equal(getattr(models[0].bn, name)[...],
+                                  getattr(models[1].bn, name)[...])
+  assert models[1].bn.use_running_average is False  # still in training mode
+  models[1].eval()
+  assert result.eval_accuracy == accuracy(models[1], *held_out)

@@ -10,6 +10,7 @@ from flax import nnx
 
 from saliency_guide import validation as v
 from saliency_guide.models import CNN
+from user_models import SoftmaxNet, UserCNN, WideFirst, linen_model
 
 SHAPE = (2, 4, 4, 1)
 
@@ -132,3 +133,143 @@ def test_inputs_convert_and_reject():
     v.check_inputs(model, x, 3)
   with pytest.raises(ValueError, match="images: expected finite values, got 1 NaN"):
     v.check_inputs(model, x.at[0, 0, 0, 0].set(jnp.nan), t)
+
+
+# ---------------------------------------------------------------------------------------
+# Any model: nothing guessed from the module tree; the model traced on the images.
+# ---------------------------------------------------------------------------------------
+
+X = np.zeros((2, 28, 28, 1), np.float32)
+T = np.array([1, 2])
+
+
+def test_attribute_order_does_not_decide_the_channels():
+  model = WideFirst(rngs=nnx.Rngs(0))  # a 12-channel conv is met before the 1-channel stem
+  assert v.model_channels(model) is None
+  x, _ = v.check_inputs(model, X, T)
+  assert x.shape == X.shape
+  with pytest.raises(ValueError, match=r"images: the model could not be applied to images of "
+                     r"shape \(2, 28, 28, 3\).*conv_general_dilated.*expected NHWC") as info:
+    v.check_inputs(model, np.zeros((2, 28, 28, 3), np.float32), T)
+  assert "NCHW" not in str(info.value)
+
+
+@pytest.mark.parametrize("model", [UserCNN(rngs=nnx.Rngs(0)), linen_model()],
+                         ids=["nnx", "linen"])
+def test_channel_first_images_keep_the_nchw_hint(model):
+  with pytest.raises(ValueError, match=r"shape \(2, 1, 28, 28\).*x.transpose\(0, 2, 3, 1\)"):
+    v.check_inputs(model, np.zeros((2, 1, 28, 28), np.float32), T)
+
+
+def test_declared_channels_are_checked_first():
+  model = CNN(channels=(2, 2), hidden=4, rngs=nnx.Rngs(0))
+  assert v.model_channels(model) == 1
+  with pytest.raises(ValueError, match=r"expected NHWC images \(B, H, W, 1\) with 1 channel"):
+    v.check_inputs(model, np.zeros((2, 28, 28, 3), np.float32), T)
+
+
+class _Head(nnx.Module):
+  """A dense layer on the flattened image, then ``last`` (a traced Python call counter)."""
+
+  def __init__(self, last, outputs=10):
+    self.dense = nnx.Linear(784, outputs, rngs=nnx.Rngs(0))
+    self.last = last
+
+  def __call__(self, x):
+    _TRACES.append(1)
+    return self.last(self.dense(x.reshape(x.shape[0], -1)))
+
+
+_TRACES: list[int] = []
+
+
+@pytest.mark.parametrize("last, what", [
+    (jax.nn.softmax, r"probabilities \(its last operation is a softmax\)"),
+    (nnx.softmax, r"probabilities \(its last operation is a softmax\)"),
+    (jax.jit(jax.nn.softmax), r"probabilities \(its last operation is a softmax\)"),
+    (lambda z: jnp.exp(z) / jnp.exp(z).sum(-1, keepdims=True), "probabilities .* softmax"),
+    (lambda z: jax.nn.softmax(z.astype(jnp.bfloat16)).astype(jnp.float32),
+     "probabilities .* softmax"),
+    (jax.nn.log_softmax, r"log-probabilities \(its last operation is a log_softmax\)"),
+    (lambda z: z - jax.nn.logsumexp(z, -1, keepdims=True), "log-probabilities"),
+    (lambda z: jnp.log(jax.nn.softmax(z)), "log-probabilities"),
+    (jax.nn.sigmoid, r"probabilities \(its last operation is a sigmoid\)"),
+    (lambda z: 1 / (1 + jnp.exp(-z)), r"probabilities \(its last operation is a sigmoid\)"),
+])
+def test_models_returning_probabilities_are_refused(last, what):
+  with pytest.raises(ValueError, match=rf"^model: returns {what}.*explain logits.*remove"):
+    v.check_inputs(_Head(last), X, T)
+
+
+@pytest.mark.parametrize("last", [
+    lambda z: z, jax.nn.relu, jnp.exp, lambda z: z - z.mean(-1, keepdims=True),
+    lambda z: z / jnp.linalg.norm(z, axis=-1, keepdims=True),
+    lambda z: z / (1 + jnp.exp(-z)),  # SiLU, not a sigmoid
+])
+def test_logits_are_not_mistaken_for_probabilities(last):
+  v.check_inputs(_Head(last), X, T)
+
+
+def test_softmax_net_is_refused():
+  with pytest.raises(ValueError, match=r"model: returns probabilities \(its last operation is "
+                     r"a softmax\)"):
+    v.check_inputs(SoftmaxNet(rngs=nnx.Rngs(0)), X, T)
+
+
+@pytest.mark.parametrize("outputs, message", [
+    (lambda z: z[:, None], r"model: expected logits of shape \(2, classes\) for 2 image\(s\), "
+     r"got shape \(2, 1, 10\)"),
+    (lambda z: z[:1], r"got shape \(1, 10\)"),
+    (lambda z: (z, z), "got tuple"),
+])
+def test_outputs_that_are_not_logits(outputs, message):
+  with pytest.raises(ValueError, match=message):
+    v.check_inputs(_Head(outputs), X, T)
+
+
+def _identity(z):
+  return z
+
+
+def test_the_model_is_traced_once_per_structure_and_shape():
+  model = _Head(_identity, outputs=7)
+  _TRACES.clear()
+  v.check_inputs(model, X, T)
+  assert len(_TRACES) == 1
+  v.check_inputs(model, X + 1, T)  # new values, same shapes: cached
+  v.check_inputs(_Head(_identity, outputs=7), X, T)  # another instance, same structure: cached
+  assert len(_TRACES) == 1
+  v.check_inputs(model, np.zeros((3, 28, 28, 1), np.float32), [0, 1, 6])  # a new shape
+  assert len(_TRACES) == 2
+  assert v.model_num_classes(model, jnp.zeros((3, 28, 28, 1))) == 7
+  assert len(_TRACES) == 2
+  with pytest.raises(ValueError, match=r"targets: expected class indices in \[0, 7\)"):
+    v.check_inputs(model, X, [0, 7])
+
+
+def test_a_model_whose_call_changes_its_state_is_refused():
+  model = _Flatten(nnx.Sequential(nnx.Linear(784, 10, rngs=nnx.Rngs(0)),
+                                  nnx.BatchNorm(10, rngs=nnx.Rngs(0))))  # training mode
+  with pytest.raises(ValueError, match=r"model: calling it changes its own state \(layer.layers.1"
+                     r".mean, layer.layers.1.var\).*model.eval\(\)"):
+    v.check_inputs(model, X, T)
+  model.eval()
+  v.check_inputs(model, X, T)
+
+
+def test_weights_of_another_shape_are_another_structure():
+  model = nnx.Linear(784, 10, rngs=nnx.Rngs(0))
+  flat = _Flatten(model)
+  assert v.check_inputs(flat, X, T)[1].shape == (2,)
+  flat.layer.kernel = nnx.Param(jnp.zeros((784, 3)))  # same attributes, 3 classes now
+  flat.layer.bias = nnx.Param(jnp.zeros((3,)))
+  with pytest.raises(ValueError, match=r"\[0, 3\)"):
+    v.check_inputs(flat, X, [0, 3])
+
+
+class _Flatten(nnx.Module):
+  def __init__(self, layer):
+    self.layer = layer
+
+  def __call__(self, x):
+    return self.layer(x.reshape(x.shape[0], -1))

@@ -183,3 +183,106 @@ def test_cache_holds_no_pickle(tiny_world):
 def test_unknown_name_lists_the_known_ones():
   with pytest.raises(ValueError, match=r"name: expected one of \[.*'cnn'.*\], got 'resnet'"):
     zoo.pretrained("resnet")
+
+
+# --- cached: a user's own model class ------------------------------------------------------
+
+WIDTH = {"value": 3}  # a shape the constructor reads from outside its kwargs
+
+
+class _UserNet(nnx.Module):
+  """conv → BatchNorm → ReLU → GAP → dense (→ Dropout): a user's model with a training mode."""
+
+  def __init__(self, width: int = 4, dropout: bool = False, *, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(1, width, (3, 3), strides=2, rngs=rngs)
+    self.bn = nnx.BatchNorm(width, momentum=0.5, rngs=rngs)
+    self.extra = nnx.Linear(width, WIDTH["value"], rngs=rngs)
+    self.head = nnx.Linear(WIDTH["value"], 2, rngs=rngs)
+    self.dropout = nnx.Dropout(0.1, rngs=rngs) if dropout else None
+
+  def __call__(self, x):
+    h = jax.nn.relu(self.bn(self.conv(x))).mean(axis=(1, 2))
+    h = self.extra(h)
+    if self.dropout is not None:
+      h = self.dropout(h)
+    return self.head(h)
+
+
+_SMALL = TrainConfig(epochs=2, batch_size=32)
+
+
+def test_cached_trains_once_then_loads_the_batchnorm_statistics_too(tiny_world):
+  calls, cache = tiny_world
+  first = zoo.cached("user", _UserNet, {"width": 4}, config=_SMALL, progress=False)
+  second = zoo.cached("user", _UserNet, {"width": 4}, config=_SMALL, progress=False)
+  assert calls["train"] == 1 and not first.from_cache and second.from_cache
+  assert first.path == second.path and first.path.parent == cache
+  assert first.path.name.startswith("user-") and first.name == "user"
+  # Trained in training mode: the running statistics moved away from (0, 1).
+  assert not np.allclose(first.model.bn.mean[...], 0.0)
+  stored = _params(second.model)
+  assert any("mean" in key for key in stored) and any("var" in key for key in stored)
+  for key, value in _params(first.model).items():
+    np.testing.assert_array_equal(value, stored[key])
+  for record in (first, second):  # returned in evaluation mode
+    assert record.model.bn.use_running_average
+  x = zoo.eval_data()[0][:8]
+  np.testing.assert_array_equal(first.model(x), second.model(x))
+  assert second.eval_accuracy == first.eval_accuracy
+
+
+@pytest.mark.parametrize("change", [
+    {"kwargs": {"width": 5}}, {"config": dataclasses.replace(_SMALL, epochs=3)},
+    {"seed": 1}, {"train_split": "train[:64]"}, {"name": "other"},
+])
+def test_cached_retrains_when_the_key_changes(tiny_world, change):
+  calls, _ = tiny_world
+  arguments = {"name": "user", "kwargs": {"width": 4}, "config": _SMALL} | change
+  name = arguments.pop("name")
+  base = zoo.cached("user", _UserNet, {"width": 4}, config=_SMALL, progress=False)
+  other = zoo.cached(name, _UserNet, progress=False, **arguments)
+  assert calls["train"] == 2 and other.path != base.path and not other.from_cache
+
+
+def test_cached_hashes_the_parameter_shapes(tiny_world, monkeypatch):
+  """A shape that changes without any argument changing (here a global) retrains."""
+  calls, _ = tiny_world
+  base = zoo.cached("user", _UserNet, config=_SMALL, progress=False)
+  monkeypatch.setitem(WIDTH, "value", 5)
+  other = zoo.cached("user", _UserNet, config=_SMALL, progress=False)
+  assert calls["train"] == 2 and other.path != base.path
+  assert other.model.head.kernel.shape == (5, 2)
+
+
+def test_cached_does_not_hash_the_code_of_call(tiny_world, monkeypatch):
+  """The documented limit: same name, arguments and shapes → the old weights are loaded."""
+  calls, _ = tiny_world
+  base = zoo.cached("user", _UserNet, config=_SMALL, progress=False)
+  original = _UserNet.__call__
+  monkeypatch.setattr(_UserNet, "__call__", lambda self, x: -original(self, x))
+  again = zoo.cached("user", _UserNet, config=_SMALL, progress=False)
+  assert calls["train"] == 1 and again.from_cache and again.path == base.path
+  x = zoo.eval_data()[0][:4]
+  np.testing.assert_array_equal(again.model(x), -original(base.model, x))  # new code, old weights
+
+
+def test_cached_model_with_random_state_loads_and_runs(tiny_world):
+  calls, _ = tiny_world
+  zoo.cached("drop", _UserNet, {"dropout": True}, config=_SMALL, progress=False)
+  loaded = zoo.cached("drop", _UserNet, {"dropout": True}, config=_SMALL, progress=False)
+  assert calls["train"] == 1 and loaded.from_cache and loaded.model.dropout.deterministic
+  x = zoo.eval_data()[0][:4]
+  assert np.isfinite(np.asarray(loaded.model(x))).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"name": "../escape"}, r"name: expected letters, digits"),
+    ({"kwargs": {"width": np.int64(4)}}, r"kwargs: expected JSON-serialisable"),
+    ({"constructor": "not a class"}, r"constructor: expected a model class"),
+    ({"config": {"epochs": 1}}, r"config: expected a TrainConfig"),
+])
+def test_cached_rejects_bad_arguments(tiny_world, bad, match):
+  arguments = {"name": "user", "constructor": _UserNet, "kwargs": None, "config": _SMALL} | bad
+  with pytest.raises(ValueError, match=match):
+    zoo.cached(arguments.pop("name"), arguments.pop("constructor"), progress=False,
+               **arguments)

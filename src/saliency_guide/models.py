@@ -5,10 +5,11 @@ All three take NHWC float32 images ``(B, 28, 28, 1)`` and return **logits**
 once). Two hooks make them explainable by every method in
 :mod:`saliency_guide.methods`:
 
-* **Replaceable ReLU.** Every ReLU is called as ``self.activation(x)``.
-  Modified-backpropagation methods (deconvolution, guided backpropagation) copy
-  the model and assign a ReLU with another backward rule to that attribute; the
-  caller's model is never touched.
+* **Replaceable ReLU.** Every ReLU is called as ``self.activation(x)``, so a
+  copy can swap it by attribute assignment. A convenience only: the
+  modified-backpropagation methods (deconvolution, guided backpropagation) find
+  the ReLUs of any model by tracing it
+  (:func:`~saliency_guide.methods.with_relu_rule`).
 * **Reachable feature maps.** The output of every conv block (after its ReLU,
   before pooling) goes through :meth:`FeatureMaps.expose`. Under
   ``nnx.capture(model, nnx.Intermediate)`` it is recorded under the layer's name

@@ -149,12 +149,19 @@ def train(
   incomplete batch is dropped so that every step has the same shape and
   compiles once).
 
+  Layers with a training mode follow the model's: call ``model.train()`` before
+  (BatchNorm then normalises with batch statistics and updates its running
+  averages at every step) and ``model.eval()`` after, as
+  :func:`saliency_guide.zoo.cached` does. ``eval_data`` is measured on an
+  evaluation-mode copy, so it never reaches the running averages.
+
   Args:
     model: an NNX classifier returning logits; updated in place.
     images: ``(N, H, W, C)`` float32 training images.
     labels: ``(N,)`` integer labels.
     config: hyper-parameters.
-    eval_data: optional ``(images, labels)`` whose accuracy is reported.
+    eval_data: optional ``(images, labels)`` whose accuracy is reported (measured in
+      evaluation mode on a copy of the model).
     progress: show a tqdm progress bar.
     log: optional callable receiving one line per epoch.
 
@@ -204,5 +211,11 @@ def train(
       log(f"epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}")
   bar.close()
   seconds = time.perf_counter() - start
-  eval_accuracy = accuracy(model, *eval_data) if eval_data is not None else float("nan")
+  eval_accuracy = float("nan")
+  if eval_data is not None:
+    # A model in training mode would normalise the evaluation batches with their own
+    # statistics and fold them into its running averages: measure an eval-mode copy.
+    evaluated = nnx.clone(model)
+    evaluated.eval()
+    eval_accuracy = accuracy(evaluated, *eval_data)
   return TrainResult(losses=tuple(losses), eval_accuracy=eval_accuracy, seconds=seconds)

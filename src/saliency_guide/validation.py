@@ -6,6 +6,11 @@ checked values to jitted cores that check nothing. Bad input fails with a
 message naming the argument, what was expected and what was given, instead of
 broadcasting silently, clamping an index or returning a map full of NaNs.
 
+The model itself is checked by tracing it on the images (``jax.make_jaxpr``,
+cached per model structure and image shape): it must take them, return logits
+``(B, classes)`` (not probabilities) and leave its own state unchanged. Nothing
+is guessed from its attributes.
+
 Write your own method the same way: ``images, targets = check_inputs(model,
 images, targets)`` first, then a jitted core.
 """
@@ -13,12 +18,14 @@ images, targets)`` first, then a jitted core.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.errors import FlaxError
 
 __all__ = [
     "check_array",
@@ -39,11 +46,20 @@ __all__ = [
 
 
 def model_channels(model: nnx.Module) -> int | None:
-  """Number of input channels ``model`` expects, or ``None`` if it cannot tell.
+  """Input channels ``model`` *declares*, or ``None`` if it declares none.
 
-  Reads ``model.in_channels`` or ``model.image_shape[-1]`` if the model has
-  one (both cost nothing), else the ``in_features`` of its first ``nnx.Conv``
-  (a walk over the module graph).
+  Reads ``model.in_channels`` or ``model.image_shape[-1]`` (the package's
+  models have one of them). Nothing is guessed from the module tree: the first
+  convolution met there need not be the one applied to the images (attribute
+  order is not call order), so :func:`check_inputs` checks other models by
+  tracing them on the images instead.
+
+  Example:
+    >>> from saliency_guide.models import CNN
+    >>> model_channels(CNN(rngs=nnx.Rngs(0)))
+    1
+    >>> model_channels(nnx.Linear(4, 2, rngs=nnx.Rngs(0))) is None
+    True
   """
   channels = getattr(model, "in_channels", None)
   if channels is not None:
@@ -51,20 +67,203 @@ def model_channels(model: nnx.Module) -> int | None:
   shape = getattr(model, "image_shape", None)
   if shape is not None:
     return int(shape[-1])
-  for _, module in nnx.iter_modules(model):
-    if isinstance(module, nnx.Conv):
-      return int(module.in_features)
   return None
 
 
 def model_num_classes(model: nnx.Module, images: jax.Array) -> int:
-  """Number of logits ``model`` returns for ``images`` (by abstract evaluation)."""
-  head = getattr(model, "head", None)
-  if isinstance(head, nnx.Linear):
-    return int(head.out_features)
-  out = jax.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct(images.shape, images.dtype))
-  if out.ndim != 2:
-    raise ValueError(f"model: expected logits of shape (B, classes), got shape {out.shape}")
+  """Number of logits ``model`` returns for ``images`` (by abstract evaluation, cached).
+
+  Raises:
+    ValueError: the model cannot be applied to ``images``, or its output is
+      not ``(B, classes)``.
+  """
+  out = _abstract_output(model, images)[0]
+  _check_logits_shape(out, images)
+  return int(out.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------
+# The model traced on the images: its output, a final softmax or sigmoid, changed state.
+# ---------------------------------------------------------------------------------------
+
+# The ops a saliency method must not explain through: names of the jitted/custom
+# functions JAX wraps them in, and the primitive of the sigmoid.
+_PROBABILITY_CALLS = {
+    "softmax": "softmax", "_softmax": "softmax", "log_softmax": "log_softmax",
+    "_log_softmax": "log_softmax", "sigmoid": "sigmoid", "logistic": "sigmoid",
+}
+# Ops looked through when reading the program backwards: a shape or dtype change of
+# their first operand (abs and broadcasts only inside a softmax's normaliser).
+_VALUE_PRESERVING = {"reshape", "squeeze", "expand_dims", "convert_element_type", "copy",
+                     "copy_p", "broadcast_in_dim", "stop_gradient", "abs", "transpose"}
+_CALL_PRIMITIVES = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
+                    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint"}
+_TRACES: dict[Hashable, tuple[Any, str | None, str]] = {}
+_MAX_TRACES = 64
+
+
+def _inner_jaxpr(eqn: Any) -> Any:
+  """The jaxpr a call-like equation (jit, custom_jvp, remat) applies, else ``None``."""
+  if eqn.primitive.name not in _CALL_PRIMITIVES:
+    return None
+  for value in eqn.params.values():
+    inner = getattr(value, "jaxpr", value)  # a ClosedJaxpr holds a Jaxpr
+    if hasattr(inner, "eqns") and len(inner.outvars) == len(eqn.outvars):
+      return inner
+  return None
+
+
+def _made_by(jaxpr: Any, var: Any, primitives: set[str], depth: int = 8) -> Any:
+  """The equation of ``primitives`` that made ``var`` (through value-preserving ops)."""
+  producers = {id(v): e for e in jaxpr.eqns for v in e.outvars}
+  for _ in range(depth):
+    eqn = producers.get(id(var))
+    if eqn is None:
+      return None
+    if eqn.primitive.name in primitives:
+      return eqn
+    if eqn.primitive.name not in _VALUE_PRESERVING:
+      return None
+    var = eqn.invars[0]
+  return None
+
+
+def _final_activation(jaxpr: Any, var: Any, depth: int = 0) -> str | None:
+  """``"softmax"``, ``"log_softmax"`` or ``"sigmoid"`` if that op made ``var``, else ``None``.
+
+  Reads the jaxpr backwards from ``var`` through ops that keep its values
+  (reshapes, dtype casts) and into jitted functions, and recognises
+  ``jax.nn.softmax``/``log_softmax``/``sigmoid`` and their hand-written forms
+  (``exp(z) / sum(exp(z))``, ``z - log(sum(exp(z)))``, ``1 / (1 + exp(-z))``).
+  """
+  producers = {id(v): e for e in jaxpr.eqns for v in e.outvars}
+  eqn = producers.get(id(var))
+  if eqn is None or depth > 16:
+    return None
+  name = eqn.primitive.name
+  if name in _VALUE_PRESERVING - {"broadcast_in_dim", "abs"}:
+    return _final_activation(jaxpr, eqn.invars[0], depth + 1)
+  inner = _inner_jaxpr(eqn)
+  if inner is not None:
+    called = str(eqn.params.get("name", ""))
+    if called in _PROBABILITY_CALLS:
+      return _PROBABILITY_CALLS[called]
+    return _final_activation(inner, inner.outvars[eqn.outvars.index(var)], depth + 1)
+  if name == "logistic":
+    return "sigmoid"
+  if name == "div":
+    numerator, denominator = eqn.invars
+    total = _made_by(jaxpr, denominator, {"reduce_sum", "add"})
+    if total is None:
+      return None
+    if total.primitive.name == "reduce_sum":
+      if _made_by(jaxpr, numerator, {"exp"}) is not None:
+        return "softmax"  # exp(z) / sum(exp(z))
+    elif hasattr(numerator, "val") and any(_made_by(jaxpr, v, {"exp"}) for v in total.invars):
+      return "sigmoid"  # 1 / (1 + exp(-z)), the numerator a literal
+  if name == "sub":
+    log = _made_by(jaxpr, eqn.invars[1], {"log", "add"})
+    if log is not None and log.primitive.name == "add":  # logsumexp adds back the max
+      log = next(filter(None, (_made_by(jaxpr, v, {"log"}) for v in log.invars)), None)
+    if log is not None and _made_by(jaxpr, log.invars[0], {"reduce_sum"}) is not None:
+      return "log_softmax"
+  if name == "log":
+    inside = _final_activation(jaxpr, eqn.invars[0], depth + 1)
+    if inside in ("softmax", "sigmoid"):
+      return f"log_{inside}"
+  return None
+
+
+def _signature(model: nnx.Module) -> Hashable:
+  """What the model's trace depends on: its structure, static attributes and array shapes."""
+  leaves, treedef = jax.tree.flatten(model)
+  try:
+    return treedef, tuple((leaf.shape, leaf.dtype) for leaf in leaves)
+  except AttributeError:  # a module that is not a pytree
+    graphdef, state = nnx.split(model)
+    return graphdef, tuple((x.shape, x.dtype) for x in jax.tree.leaves(state))
+
+
+def _abstract_output(model: nnx.Module, images: jax.Array) -> tuple[Any, str | None, str]:
+  """What the model does to ``images``, read from its program (traced once, then cached).
+
+  Returns the abstract output, the probability op that makes it (``None`` if
+  none), and the paths of the variables the call changes (``""`` if none).
+  Traced once per model structure and image shape (``jax.make_jaxpr`` of the
+  pure function of ``nnx.split``; nothing is computed). The model's own error,
+  if it cannot be applied to such images, becomes a ``ValueError`` that says so.
+  """
+  key = (_signature(model), images.shape, images.dtype)
+  found = _TRACES.get(key)
+  if found is not None:
+    return found
+  graphdef, state = nnx.split(model)
+
+  def forward(state, x):
+    called = nnx.merge(graphdef, state)
+    return called(x), nnx.state(called)
+
+  spec = jax.ShapeDtypeStruct(images.shape, images.dtype)
+  try:
+    closed, (out, after) = jax.make_jaxpr(forward, return_shape=True)(state, spec)
+  except (TypeError, ValueError, IndexError, FlaxError) as error:
+    shape = tuple(images.shape)
+    hint = ""
+    if shape[1] in (1, 3) and shape[-1] not in (1, 3):
+      hint = "; channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)"
+    raise ValueError(
+        f"images: the model could not be applied to images of shape {shape} "
+        f"(traced abstractly, nothing computed): {type(error).__name__}: "
+        f"{str(error).rstrip('. ')}; expected NHWC images (B, H, W, C) of the size and "
+        f"channels the model takes{hint}"
+    ) from error
+  jaxpr = closed.jaxpr
+  outputs = len(jax.tree.leaves(out))
+  activation = None
+  if isinstance(out, jax.ShapeDtypeStruct):
+    activation = _final_activation(jaxpr, jaxpr.outvars[0])
+  paths = [jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value")
+           for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  if jax.tree.structure(after) != jax.tree.structure(state):
+    changed = "adds or removes variables"
+  else:
+    new = jaxpr.outvars[outputs:]
+    changed = ", ".join(p for p, a, b in zip(paths, jaxpr.invars, new, strict=False) if a is not b)
+  if len(_TRACES) >= _MAX_TRACES:
+    del _TRACES[next(iter(_TRACES))]
+  _TRACES[key] = (out, activation, changed)
+  return out, activation, changed
+
+
+def _check_logits_shape(out: Any, images: jax.Array) -> None:
+  batch = images.shape[0]
+  if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim != 2 or out.shape[0] != batch:
+    got = f"shape {out.shape}" if isinstance(out, jax.ShapeDtypeStruct) else describe(out)
+    raise ValueError(
+        f"model: expected logits of shape ({batch}, classes) for {batch} image(s), got {got}"
+    )
+
+
+def _check_logits(model: nnx.Module, images: jax.Array) -> int:
+  """Number of classes; an error if the model cannot take ``images`` or returns probabilities."""
+  out, activation, changed = _abstract_output(model, images)
+  if changed:
+    raise ValueError(
+        f"model: calling it changes its own state ({changed}), so its output is not a "
+        "function of the images alone and the methods cannot differentiate it; put it in "
+        "evaluation mode (model.eval(): BatchNorm with use_running_average=True, Dropout "
+        "deterministic); a Linen model wrapped with nnx.bridge.ToNNX must keep no random "
+        "streams: nnx.bridge.lazy_init(nnx.bridge.ToNNX(module), x, rngs=nnx.Rngs(0))"
+    )
+  if activation is not None:
+    what = "log-probabilities" if activation.startswith("log_") else "probabilities"
+    raise ValueError(
+        f"model: returns {what} (its last operation is a {activation}), not logits; saliency "
+        f"methods explain logits, the class scores before any softmax or sigmoid: remove the "
+        f"final {activation} from the model's __call__ (apply it in the loss, e.g. "
+        "optax.softmax_cross_entropy_with_integer_labels, or after the model)"
+    )
+  _check_logits_shape(out, images)
   return int(out.shape[-1])
 
 
@@ -85,6 +284,17 @@ def check_inputs(
 ) -> tuple[jax.Array, jax.Array]:
   """Validate ``(images, targets)`` for ``model`` and return them as JAX arrays.
 
+  Checks what can be known without guessing: the images' type, rank, dtype,
+  batch size and values; that the model can be applied to them and returns
+  logits ``(B, classes)``; the targets' type, shape and range. The channel
+  count is compared with the model's own declaration (``model.in_channels`` or
+  ``model.image_shape``) where it has one; any other model (yours, a Linen model
+  through ``nnx.bridge.ToNNX``) is traced abstractly on the images
+  (``jax.make_jaxpr``, once per model structure and image shape, then cached),
+  and its own shape error, if any, is reported with the images' shape. A model
+  whose last operation is a softmax, log-softmax or sigmoid is refused: saliency
+  methods explain logits.
+
   Args:
     model: the classifier to explain (returns logits).
     images: float array ``(B, H, W, C)`` (NHWC), finite values.
@@ -95,8 +305,9 @@ def check_inputs(
 
   Raises:
     TypeError: ``images`` is not a floating array or ``targets`` not an integer one.
-    ValueError: wrong rank, wrong channel count (e.g. NCHW images), non-finite
-      values, wrong number of targets, or a target out of range.
+    ValueError: wrong rank, images the model cannot take (e.g. NCHW images),
+      non-finite values, a model that returns probabilities or no ``(B,
+      classes)`` logits, wrong number of targets, or a target out of range.
 
   Example:
     >>> import jax.numpy as jnp
@@ -133,6 +344,7 @@ channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
   if images.shape[0] == 0:
     raise ValueError("images: expected at least one image, got a batch of 0")
   images = jnp.asarray(images, jnp.float32)
+  classes = _check_logits(model, images)
   _finite("images", images)  # one compiled call instead of two dispatched ops
 
   if isinstance(targets, int | np.integer):
@@ -148,7 +360,6 @@ channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
         f"targets: expected shape ({images.shape[0]},), one class per image, got shape "
         f"{targets_arr.shape}"
     )
-  classes = model_num_classes(model, images)
   if targets_arr.min() < 0 or targets_arr.max() >= classes:
     raise ValueError(
         f"targets: expected class indices in [0, {classes}), got values from "

@@ -1,17 +1,18 @@
 """Pretrained MNIST classifiers: trained once, then loaded from a disk cache.
 
-:func:`pretrained` is what the tutorials call. The first call for a given
-configuration trains the model (tens of seconds on a laptop CPU) and saves its
-parameters; later calls load them. The cache key is a hash of everything that
-changes the weights: the model name and its constructor arguments, the training
-hyper-parameters, the seed, the training split, whether labels were shuffled,
-and a fingerprint of the training data itself. Change any of them and the model
-is retrained.
+:func:`pretrained` is what the tutorials call; :func:`cached` does the same for a
+model class of your own. The first call for a given configuration trains the
+model (tens of seconds on a laptop CPU) and saves its parameters; later calls
+load them. The cache key is a hash of everything that changes the weights: the
+model name and its constructor arguments, the training hyper-parameters, the
+seed, the training split, whether labels were shuffled, and a fingerprint of the
+training data itself. Change any of them and the model is retrained.
 
 Cache location: ``$SALIENCY_GUIDE_CACHE``, else the platform's user cache
-folder (``~/.cache/saliency_guide`` on Linux). Files are a NumPy ``.npz`` of
-parameters (read with ``allow_pickle=False``: no pickle anywhere) and a JSON
-record. A corrupted or incompatible entry is retrained with a warning.
+folder (``~/.cache/saliency_guide`` on Linux). Files are a NumPy ``.npz`` of the
+model's state (parameters and BatchNorm statistics; no random-number state),
+read with ``allow_pickle=False`` (no pickle anywhere), and a JSON record. A
+corrupted or incompatible entry is retrained with a warning.
 
 Which data? ``$SALIENCY_GUIDE_TRAIN_SPLIT`` and ``$SALIENCY_GUIDE_EVAL_SPLIT``
 (defaults ``"train"`` and ``"test"``) choose the splits; the docs build in CI,
@@ -24,11 +25,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ __all__ = [
     "TRAIN_SPLIT_ENV",
     "ModelSpec",
     "Pretrained",
+    "cached",
     "default_splits",
     "eval_data",
     "pretrained",
@@ -93,8 +96,8 @@ class Pretrained:
   """A trained model and where it came from.
 
   Attributes:
-    model: the trained NNX model (returns logits).
-    name: its name in :data:`MODEL_SPECS`.
+    model: the trained NNX model (returns logits), in evaluation mode (``model.eval()``).
+    name: its name in :data:`MODEL_SPECS`, or the name :func:`cached` stored it under.
     train_split: the MNIST split it was trained on.
     eval_split: the split :attr:`eval_accuracy` was measured on.
     eval_accuracy: accuracy on ``eval_split`` (measured after training, or at load time
@@ -184,15 +187,20 @@ def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
   return digest.hexdigest()
 
 
+#: What the cache stores: every variable but random-number state (parameters,
+#: BatchNorm running statistics, ...). The package's models hold parameters only.
+_SAVED = nnx.Not(nnx.RngState)
+
+
 def _flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
-  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  pure = nnx.to_pure_dict(nnx.state(model, _SAVED))
   leaves, _ = jax.tree_util.tree_flatten_with_path(pure)
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def _load_params(model: nnx.Module, path: Path) -> None:
-  """Overwrite ``model``'s parameters from ``path``; ValueError if they don't fit."""
-  state = nnx.state(model, nnx.Param)
+  """Overwrite ``model``'s saved state from ``path``; ValueError if it doesn't fit."""
+  state = nnx.state(model, _SAVED)
   pure = nnx.to_pure_dict(state)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
   with np.load(path, allow_pickle=False) as stored:
@@ -250,13 +258,10 @@ def pretrained(
   """
   if name not in MODEL_SPECS:
     raise ValueError(f"name: expected one of {sorted(MODEL_SPECS)}, got {name!r}")
-  default_train, default_eval = default_splits()
-  train_split = train_split or default_train
-  eval_split = eval_split or default_eval
-  data_dir = os.fspath(data_dir) if data_dir is not None else None
   spec = MODEL_SPECS[name]
   config = dataclasses.replace(spec.config, seed=seed)
-
+  train_split, eval_split = _splits(train_split, eval_split)
+  data_dir = os.fspath(data_dir) if data_dir is not None else None
   images, labels = data_lib.load_mnist(train_split, data_dir=data_dir)
   if shuffle_labels:
     labels = _shuffled(labels, seed)
@@ -270,23 +275,179 @@ def pretrained(
       "shuffle_labels": shuffle_labels,
       "data": _fingerprint(images, labels),
   }
-  key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
-  entry = _cache_root(cache_dir) / f"{name}-{key}"
 
   def build() -> nnx.Module:
     return spec.constructor(**spec.kwargs, rngs=nnx.Rngs(seed))
 
+  return _load_or_train(
+      f"pretrained({name!r})", name, build, key_fields, config, (images, labels),
+      train_split=train_split, eval_split=eval_split, shuffle_labels=shuffle_labels,
+      data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+  )
+
+
+def cached(
+    name: str,
+    constructor: Callable[..., nnx.Module],
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    config: TrainConfig | None = None,
+    seed: int | None = None,
+    train_split: str | None = None,
+    eval_split: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Pretrained:
+  """A model class of your own, trained on MNIST once, then loaded from the cache.
+
+  The model is ``constructor(**kwargs, rngs=nnx.Rngs(seed))``. It is trained in
+  training mode (``model.train()``: BatchNorm normalises with the batch's
+  statistics and updates its running averages, Dropout is active) and returned in
+  evaluation mode (``model.eval()``), whether trained now or loaded. The cache
+  stores every variable but random-number state, so BatchNorm statistics travel
+  with the parameters.
+
+  The cache key hashes ``name``, the constructor's module and qualified name,
+  ``kwargs``, ``config``, ``seed``, the training split and its data, and the name,
+  shape and dtype of every stored variable. Change any of them and the model is
+  retrained. The code of the class is **not** hashed: after editing what
+  ``__call__`` computes without changing any of those (a ReLU moved, a residual
+  added), pass a new ``name`` or ``cache_dir``, or the old weights are loaded into
+  the new code.
+
+  Args:
+    name: a label for the cache entry (letters, digits, ``_``, ``.``, ``-``).
+    constructor: the model class (or any callable) returning an ``nnx.Module``
+      whose ``__call__`` maps ``(B, 28, 28, 1)`` images to ``(B, 10)`` logits.
+    kwargs: its constructor arguments, JSON-serialisable (tuples are hashed as
+      lists).
+    config: training hyper-parameters (default ``TrainConfig()``).
+    seed: seed of the initialisation and of the data order (default
+      ``config.seed``).
+    train_split: MNIST split to train on (default :func:`default_splits`).
+    eval_split: split to measure the accuracy on (default :func:`default_splits`).
+    data_dir: folder of MNIST IDX files (see :func:`saliency_guide.data.load_mnist`).
+    cache_dir: cache folder (default ``$SALIENCY_GUIDE_CACHE`` or the user cache).
+    progress: show a progress bar while training.
+
+  Returns:
+    A :class:`Pretrained` record holding ``.model`` (trained with
+    :func:`~saliency_guide.training.train`).
+
+  Raises:
+    ValueError: a bad ``name``, ``kwargs`` that are not JSON-serialisable, or a
+      ``constructor`` that does not return an ``nnx.Module``.
+
+  Example:
+    >>> from saliency_guide.models import MLP
+    >>> record = cached("my_mlp", MLP, {"hidden": [64]},  # doctest: +SKIP
+    ...                 config=TrainConfig(epochs=2))
+    >>> record.eval_accuracy > 0.9  # doctest: +SKIP
+    True
+  """
+  if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+    raise ValueError(
+        f"name: expected letters, digits, '_', '.' or '-' (a folder name), got {name!r}"
+    )
+  if not callable(constructor):
+    raise ValueError(f"constructor: expected a model class or callable, got {constructor!r}")
+  kwargs = dict(kwargs or {})
+  try:
+    hashed_kwargs = json.loads(json.dumps(kwargs, sort_keys=True))
+  except (TypeError, ValueError) as err:
+    raise ValueError(
+        f"kwargs: expected JSON-serialisable constructor arguments (they are part of the "
+        f"cache key), got {kwargs!r} ({err})"
+    ) from None
+  config = TrainConfig() if config is None else config
+  if not isinstance(config, TrainConfig):
+    raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
+  seed = config.seed if seed is None else seed
+  config = dataclasses.replace(config, seed=seed)
+  train_split, eval_split = _splits(train_split, eval_split)
+  data_dir = os.fspath(data_dir) if data_dir is not None else None
+
+  def build() -> nnx.Module:
+    return constructor(**kwargs, rngs=nnx.Rngs(seed))
+
+  skeleton = nnx.eval_shape(build)
+  if not isinstance(skeleton, nnx.Module):
+    raise ValueError(f"constructor: expected it to return an nnx.Module, got "
+                     f"{type(skeleton).__name__}")
+  architecture = [
+      [jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype)]
+      for path, leaf in jax.tree_util.tree_flatten_with_path(
+          nnx.to_pure_dict(nnx.state(skeleton, _SAVED)))[0]
+  ]
+  images, labels = data_lib.load_mnist(train_split, data_dir=data_dir)
+  key_fields = {
+      "format": _FORMAT_VERSION,
+      "name": name,
+      "model": f"{getattr(constructor, '__module__', '?')}."
+               f"{getattr(constructor, '__qualname__', type(constructor).__name__)}",
+      "kwargs": hashed_kwargs,
+      "architecture": architecture,
+      "config": dataclasses.asdict(config),
+      "train_split": train_split,
+      "shuffle_labels": False,
+      "data": _fingerprint(images, labels),
+  }
+  return _load_or_train(
+      f"cached({name!r})", name, build, key_fields, config, (images, labels),
+      train_split=train_split, eval_split=eval_split, shuffle_labels=False,
+      data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+  )
+
+
+def _splits(train_split: str | None, eval_split: str | None) -> tuple[str, str]:
+  default_train, default_eval = default_splits()
+  return train_split or default_train, eval_split or default_eval
+
+
+def _skeleton(build: Callable[[], nnx.Module]) -> nnx.Module:
+  """The model with abstract values, to be overwritten from the cache.
+
+  Abstract shapes only: running the initialisers eagerly costs seconds of
+  compilation, and every saved value is about to be overwritten anyway. A model
+  holding random-number state (e.g. ``nnx.Dropout(rngs=...)``) is built for real:
+  that state is not saved, so it must be concrete.
+  """
+  model = nnx.eval_shape(build)
+  if jax.tree_util.tree_leaves(nnx.state(model, nnx.RngState)):
+    model = build()
+  return model
+
+
+def _load_or_train(
+    caller: str,
+    name: str,
+    build: Callable[[], nnx.Module],
+    key_fields: dict[str, Any],
+    config: TrainConfig,
+    train_set: tuple[np.ndarray, np.ndarray],
+    *,
+    train_split: str,
+    eval_split: str,
+    shuffle_labels: bool,
+    data_dir: str | None,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+) -> Pretrained:
+  """Load the entry of ``key_fields`` from the cache, or train ``build()`` and save it."""
+  key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+  entry = _cache_root(cache_dir) / f"{name}-{key}"
+  seed = config.seed
   eval_images, eval_labels = data_lib.load_mnist(eval_split, data_dir=data_dir)
   record_path, params_path = entry / "record.json", entry / "params.npz"
   if record_path.exists() or params_path.exists():
     try:
-      # Abstract shapes only: running the initialisers eagerly costs seconds of
-      # compilation, and every value is about to be overwritten anyway.
-      model = nnx.eval_shape(build)
+      model = _skeleton(build)
       record = json.loads(record_path.read_text())
       if record.get("key_fields") != key_fields:
         raise ValueError("the record's key fields differ from the requested ones")
       _load_params(model, params_path)
+      model.eval()
       eval_key = _fingerprint(eval_images, eval_labels)
       if record.get("eval_fingerprint") == eval_key:  # measured on these very digits
         eval_accuracy = float(record["eval_accuracy"])
@@ -300,17 +461,18 @@ def pretrained(
       )
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
       warnings.warn(
-          f"pretrained({name!r}): the cache entry {entry} is unreadable or incompatible "
+          f"{caller}: the cache entry {entry} is unreadable or incompatible "
           f"({err}); retraining.",
           RuntimeWarning,
-          stacklevel=2,
+          stacklevel=3,
       )
 
   model = build()
-
+  model.train()  # BatchNorm: batch statistics, running averages updated; Dropout on
   start = time.perf_counter()
-  train(model, images, labels, config=config, progress=progress)
+  train(model, *train_set, config=config, progress=progress)
   seconds = time.perf_counter() - start
+  model.eval()
   eval_accuracy = accuracy(model, eval_images, eval_labels)
   _save(entry, model, {
       "key_fields": key_fields,

@@ -6,7 +6,8 @@ with :math:`x` the forward input of a ReLU and :math:`R` the signal from above,
 .. math:: R_\text{in} = \max(R, 0) \qquad \text{(the gradient: } R \cdot \mathbb{1}[x > 0]\text{)},
 
 while convolutions, max-pooling switches and dense layers back-propagate as in
-the gradient. The rule is :func:`deconv_relu`, swapped into a copy of the model.
+the gradient. The rule is :func:`deconv_relu`, applied at every ReLU of any model
+(:func:`~saliency_guide.methods.with_relu_rule`).
 
 References:
   M. D. Zeiler, R. Fergus. *Visualizing and Understanding Convolutional
@@ -99,8 +100,9 @@ def deconvolution(model: nnx.Module, images: jax.Array, targets: jax.Array) -> j
   Springenberg et al. (2015).
 
   Args:
-    model: a classifier returning logits whose ReLUs are called through
-      ``activation`` attributes (``MLP``, ``CNN``, ``GapCNN``).
+    model: a classifier returning logits, any ``nnx.Module``: its ReLUs take the
+      rule however it calls them (``jax.nn.relu``, ``nnx.relu``,
+      ``jnp.maximum(x, 0)``; see :func:`~saliency_guide.methods.with_relu_rule`).
     images: float array ``(B, H, W, C)``, NHWC.
     targets: integer array ``(B,)``, the class whose logit is explained.
 
@@ -108,8 +110,9 @@ def deconvolution(model: nnx.Module, images: jax.Array, targets: jax.Array) -> j
     Float32 array of the shape of ``images``.
 
   Raises:
-    ValueError, TypeError: bad ``images``/``targets`` (see ``check_inputs``), or
-      a model without a replaceable ReLU (raised while the core is traced).
+    ValueError, TypeError: bad ``images``/``targets`` (see ``check_inputs``), a
+      model without a ReLU, or one with an activation for which the rule is not
+      defined (GELU, SiLU, tanh, ...; raised while the core is traced).
 
   Example:
     >>> import jax.numpy as jnp

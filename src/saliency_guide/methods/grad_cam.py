@@ -20,6 +20,7 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._feature_maps import (
+    Layer,
     checked_options,
     finish,
     layer_score,
@@ -42,7 +43,7 @@ def _grad_cam_sum(model, images, targets, layer):
 
 def _grad_cam_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str, upsample: bool, relu: bool,
+    layer: Layer, upsample: bool, relu: bool,
 ) -> jax.Array:
   """Traceable core of :func:`grad_cam` on checked inputs."""
   del operands
@@ -55,7 +56,7 @@ def grad_cam(
     images: jax.Array,
     targets: jax.Array,
     *,
-    layer: str | None = None,
+    layer: str | nnx.Module | None = None,
     upsample: bool = True,
     relu: bool = True,
 ) -> jax.Array:
@@ -67,10 +68,10 @@ def grad_cam(
      \qquad
      L^c_{\text{Grad-CAM}} = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big),
 
-  with :math:`A^k` the feature maps of ``layer`` (after its ReLU), :math:`Z`
+  with :math:`A^k` the feature maps of ``layer`` (its output), :math:`Z`
   their number of locations and :math:`y^c` the target **logit**. The gradient
   is evaluated at the actual activations :math:`A` (a zero perturbation of the
-  exposed map).
+  layer's output).
 
   For a global-average-pooling network at its last conv layer,
   :math:`\partial y^c / \partial A^k_{ij} = w^c_k / Z`, so Grad-CAM is
@@ -78,10 +79,17 @@ def grad_cam(
   argument that it generalises CAM.
 
   Args:
-    model: a convolutional model exposing its feature maps (``CNN``, ``GapCNN``).
+    model: a classifier (any Flax NNX model returning logits) with a layer whose
+      output is feature maps ``(B, h, w, K)``.
     images: float array ``(B, H, W, C)``, NHWC.
     targets: integer array ``(B,)``, the class whose logit is explained.
-    layer: one of ``model.feature_layers`` (default: the last).
+    layer: the layer whose output is :math:`A`: a dotted path to a submodule
+      (``"blocks.1"``, ``"blocks.0.conv2"``; list indices as parts), the
+      submodule itself (``model.blocks[1]``), or a name in
+      ``model.feature_layers`` (the map the model exposes: ``"conv1"`` of
+      ``CNN`` is after its ReLU). Default: the last of ``feature_layers``,
+      else the last submodule whose output is ``(B, h, w, K)`` in the forward
+      pass.
     upsample: resize the map to ``(H, W)`` (bilinear, half-pixel centres);
       ``False`` returns the ``(h, w)`` map.
     relu: apply the final ReLU (the method); ``False`` returns the signed sum,
@@ -91,8 +99,10 @@ def grad_cam(
     float32 array ``(B, H, W)`` (or ``(B, h, w)`` without upsampling).
 
   Raises:
-    ValueError: the model exposes no feature maps, an unknown ``layer`` (the
-      message lists the valid names), or bad ``images``/``targets``.
+    ValueError: the model has no layer with ``(B, h, w, K)`` output, an unknown
+      ``layer`` or one whose output is not ``(B, h, w, K)`` (the message lists
+      the candidates), or bad ``images``/``targets``.
+    TypeError: ``layer`` is not a string, a path tuple, a submodule or ``None``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -105,7 +115,7 @@ def grad_cam(
     >>> grad_cam(model, x, t, layer="dense")
     Traceback (most recent call last):
     ...
-    ValueError: layer: expected one of 'conv1', 'conv2', got 'dense'
+    ValueError: layer: 'dense' outputs an array of shape (2, 16) (float32), not feature maps ...
 
   References:
     R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra.
@@ -118,11 +128,10 @@ def grad_cam(
 
 
 def _prepare(
-    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True,
+    model: nnx.Module, images: jax.Array, *, layer: object = None, upsample: bool = True,
     relu: bool = True,
 ) -> Core:
-  del images
-  static = checked_options(model, layer, upsample, relu=relu)
+  static = checked_options(model, images, layer, upsample, relu=relu)
   return Core(_grad_cam_core, static=static)
 
 

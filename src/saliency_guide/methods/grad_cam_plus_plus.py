@@ -32,6 +32,7 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._feature_maps import (
+    Layer,
     check_layer,
     checked_options,
     chunk_size,
@@ -93,7 +94,7 @@ def diagonal_derivatives(
     images: jax.Array,
     targets: jax.Array,
     *,
-    layer: str | None = None,
+    layer: str | nnx.Module | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   r"""The feature maps and the exact diagonal derivatives of the target logit with respect to them.
 
@@ -115,17 +116,24 @@ def diagonal_derivatives(
   :mod:`saliency_guide.models`), where it is free.
 
   Args:
-    model: a convolutional model exposing its feature maps.
+    model: a classifier (any Flax NNX model returning logits) with a layer whose
+      output is feature maps ``(B, h, w, K)``.
     images: float array ``(B, H, W, C)``, NHWC.
     targets: integer array ``(B,)``, the class whose logit is differentiated.
-    layer: one of ``model.feature_layers`` (default: the last).
+    layer: the layer whose output is :math:`A`: a dotted path to a submodule
+      (``"blocks.1"``; list indices as parts), the submodule itself, or a name
+      in ``model.feature_layers`` (the map the model exposes). Default: the
+      last of ``feature_layers``, else the last submodule whose output is
+      ``(B, h, w, K)`` in the forward pass.
 
   Returns:
     ``(A, S', S'', S''')``, four float32 arrays ``(B, h, w, K)``.
 
   Raises:
-    ValueError: the model exposes no feature maps, an unknown ``layer``, or bad
+    ValueError: the model has no layer with ``(B, h, w, K)`` output, an unknown
+      ``layer`` or one whose output is not ``(B, h, w, K)``, or bad
       ``images``/``targets``.
+    TypeError: ``layer`` is not a string, a path tuple, a submodule or ``None``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -142,13 +150,13 @@ def diagonal_derivatives(
     Convolutional Networks.* WACV 2018. arXiv:1710.11063.
   """
   images, targets = check_inputs(model, images, targets)
-  layer = check_layer(model, layer)
+  layer = check_layer(model, layer, images)
   return _diagonal_derivatives(model, images, targets, layer, 3)
 
 
 def _grad_cam_plus_plus_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str, upsample: bool, relu: bool, derivatives: str,
+    layer: Layer, upsample: bool, relu: bool, derivatives: str,
 ) -> jax.Array:
   """Traceable core of :func:`grad_cam_plus_plus` on checked inputs."""
   del operands
@@ -170,7 +178,7 @@ def grad_cam_plus_plus(
     images: jax.Array,
     targets: jax.Array,
     *,
-    layer: str | None = None,
+    layer: str | nnx.Module | None = None,
     upsample: bool = True,
     relu: bool = True,
     derivatives: str = "exact",
@@ -215,10 +223,15 @@ def grad_cam_plus_plus(
   applied.
 
   Args:
-    model: a convolutional model exposing its feature maps (``CNN``, ``GapCNN``).
+    model: a classifier (any Flax NNX model returning logits) with a layer whose
+      output is feature maps ``(B, h, w, K)``.
     images: float array ``(B, H, W, C)``, NHWC.
     targets: integer array ``(B,)``, the class whose logit is explained.
-    layer: one of ``model.feature_layers`` (default: the last).
+    layer: the layer whose output is :math:`A`: a dotted path to a submodule
+      (``"blocks.1"``; list indices as parts), the submodule itself, or a name
+      in ``model.feature_layers`` (the map the model exposes). Default: the
+      last of ``feature_layers``, else the last submodule whose output is
+      ``(B, h, w, K)`` in the forward pass.
     upsample: resize the map to ``(H, W)`` (bilinear, half-pixel centres);
       ``False`` returns the ``(h, w)`` map.
     relu: apply the final ReLU (the method); ``False`` returns the signed sum.
@@ -228,8 +241,10 @@ def grad_cam_plus_plus(
     float32 array ``(B, H, W)`` (or ``(B, h, w)`` without upsampling).
 
   Raises:
-    ValueError: the model exposes no feature maps, an unknown ``layer`` or
+    ValueError: the model has no layer with ``(B, h, w, K)`` output, an unknown
+      ``layer`` or one whose output is not ``(B, h, w, K)``, an unknown
       ``derivatives``, or bad ``images``/``targets``.
+    TypeError: ``layer`` is not a string, a path tuple, a submodule or ``None``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -256,11 +271,10 @@ def grad_cam_plus_plus(
 
 
 def _prepare(
-    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True,
+    model: nnx.Module, images: jax.Array, *, layer: object = None, upsample: bool = True,
     relu: bool = True, derivatives: str = "exact",
 ) -> Core:
-  del images
-  static = (*checked_options(model, layer, upsample, relu=relu),
+  static = (*checked_options(model, images, layer, upsample, relu=relu),
             ("derivatives", check_choice("derivatives", derivatives, DERIVATIVES)))
   return Core(_grad_cam_plus_plus_core, static=static)
 

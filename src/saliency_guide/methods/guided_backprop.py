@@ -7,7 +7,7 @@ with :math:`x` the forward input of a ReLU and :math:`R` the signal from above,
 
 the gradient's mask and the deconvnet's rectification together; every other
 layer back-propagates as in the gradient. The rule is :func:`guided_relu`,
-swapped into a copy of the model.
+applied at every ReLU of any model (:func:`~saliency_guide.methods.with_relu_rule`).
 
 References:
   J. T. Springenberg, A. Dosovitskiy, T. Brox, M. Riedmiller. *Striving for
@@ -98,8 +98,9 @@ def guided_backprop(model: nnx.Module, images: jax.Array, targets: jax.Array) ->
   gradient.
 
   Args:
-    model: a classifier returning logits whose ReLUs are called through
-      ``activation`` attributes (``MLP``, ``CNN``, ``GapCNN``).
+    model: a classifier returning logits, any ``nnx.Module``: its ReLUs take the
+      rule however it calls them (``jax.nn.relu``, ``nnx.relu``,
+      ``jnp.maximum(x, 0)``; see :func:`~saliency_guide.methods.with_relu_rule`).
     images: float array ``(B, H, W, C)``, NHWC.
     targets: integer array ``(B,)``, the class whose logit is explained.
 
@@ -107,8 +108,9 @@ def guided_backprop(model: nnx.Module, images: jax.Array, targets: jax.Array) ->
     Float32 array of the shape of ``images``.
 
   Raises:
-    ValueError, TypeError: bad ``images``/``targets`` (see ``check_inputs``), or
-      a model without a replaceable ReLU (raised while the core is traced).
+    ValueError, TypeError: bad ``images``/``targets`` (see ``check_inputs``), a
+      model without a ReLU, or one with an activation for which the rule is not
+      defined (GELU, SiLU, tanh, ...; raised while the core is traced).
 
   Example:
     >>> import jax.numpy as jnp

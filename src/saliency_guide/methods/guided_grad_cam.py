@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
-from saliency_guide.methods._feature_maps import check_layer, finish
+from saliency_guide.methods._feature_maps import Layer, check_layer, finish
 from saliency_guide.methods._relu_rules import replace_relus
 from saliency_guide.methods.grad_cam import _grad_cam_sum
 from saliency_guide.methods.gradients import logit_gradient
@@ -29,13 +29,13 @@ __all__ = ["guided_grad_cam"]
 
 def _guided_grad_cam_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str,
+    layer: Layer,
 ) -> jax.Array:
   """Traceable core of :func:`guided_grad_cam`: both maps in one program."""
   del operands
   coarse = finish(_grad_cam_sum(model, images, targets, layer), images.shape[1:3],
                   relu=True, upsample=True)
-  guided = replace_relus(model, guided_relu)  # a copy: model is not modified
+  guided = replace_relus(model, guided_relu)  # the rule at every ReLU; model is untouched
   return logit_gradient(guided, images, targets) * coarse[..., None]
 
 
@@ -44,7 +44,7 @@ def guided_grad_cam(
     images: jax.Array,
     targets: jax.Array,
     *,
-    layer: str | None = None,
+    layer: str | nnx.Module | None = None,
     upsample: bool = True,
 ) -> jax.Array:
   r"""Guided Grad-CAM (Selvaraju et al., 2017): Guided Backpropagation × upsampled Grad-CAM.
@@ -63,19 +63,21 @@ def guided_grad_cam(
   layer=layer)[..., None]``, computed in one compiled call.
 
   Args:
-    model: a convolutional model exposing its feature maps and calling its
-      ReLUs through ``activation`` attributes (``CNN``, ``GapCNN``).
+    model: a convolutional model exposing its feature maps; its ReLUs, however
+      called, take the guided rule (see :func:`~saliency_guide.methods.with_relu_rule`).
     images: float array ``(B, H, W, C)``, NHWC.
     targets: integer array ``(B,)``, the class whose logit is explained.
-    layer: the Grad-CAM layer, one of ``model.feature_layers`` (default: the last).
+    layer: the Grad-CAM layer, as for :func:`~saliency_guide.methods.grad_cam`: a
+      dotted submodule path, the submodule, or a name in ``model.feature_layers``.
     upsample: must be ``True``: the product lives at the input's resolution.
 
   Returns:
     float32 array of the shape of ``images``, ``(B, H, W, C)``.
 
   Raises:
-    ValueError: ``upsample=False``, the model exposes no feature maps or has no
-      replaceable ReLU, an unknown ``layer``, or bad ``images``/``targets``.
+    ValueError: ``upsample=False``, the model exposes no feature maps, has no
+      ReLU or an activation without a guided rule (GELU, ...), an unknown
+      ``layer``, or bad ``images``/``targets``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -95,15 +97,14 @@ def guided_grad_cam(
 
 
 def _prepare(
-    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True
+    model: nnx.Module, images: jax.Array, *, layer: object = None, upsample: bool = True
 ) -> Core:
-  del images
   if check_flag("upsample", upsample) is not True:
     raise ValueError(
         "upsample: Guided Grad-CAM multiplies the pixel-resolution Guided Backpropagation "
         "map by Grad-CAM, so Grad-CAM must be upsampled to the input; got upsample=False"
     )
-  return Core(_guided_grad_cam_core, static=(("layer", check_layer(model, layer)),))
+  return Core(_guided_grad_cam_core, static=(("layer", check_layer(model, layer, images)),))
 
 
 register(guided_grad_cam, _prepare)

@@ -21,6 +21,7 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._feature_maps import (
+    Layer,
     checked_options,
     feature_maps,
     finish,
@@ -37,7 +38,7 @@ SCORE_CAM_IMAGES = 512
 
 def _score_cam_core(
     model: nnx.Module, images: jax.Array, targets: jax.Array, operands: None, *,
-    layer: str, upsample: bool, relu: bool,
+    layer: Layer, upsample: bool, relu: bool,
 ) -> jax.Array:
   """Traceable core of :func:`score_cam` on checked inputs."""
   del operands
@@ -70,7 +71,7 @@ def score_cam(
     images: jax.Array,
     targets: jax.Array,
     *,
-    layer: str | None = None,
+    layer: str | nnx.Module | None = None,
     upsample: bool = True,
     relu: bool = True,
 ) -> jax.Array:
@@ -101,10 +102,15 @@ def score_cam(
   time.
 
   Args:
-    model: a convolutional model exposing its feature maps (``CNN``, ``GapCNN``).
+    model: a classifier (any Flax NNX model returning logits) with a layer whose
+      output is feature maps ``(B, h, w, K)``.
     images: float array ``(B, H, W, C)``, NHWC.
     targets: integer array ``(B,)``, the class whose logit is explained.
-    layer: one of ``model.feature_layers`` (default: the last).
+    layer: the layer whose output is :math:`A`: a dotted path to a submodule
+      (``"blocks.1"``; list indices as parts), the submodule itself, or a name
+      in ``model.feature_layers`` (the map the model exposes). Default: the
+      last of ``feature_layers``, else the last submodule whose output is
+      ``(B, h, w, K)`` in the forward pass.
     upsample: resize the map to ``(H, W)`` (bilinear, half-pixel centres);
       ``False`` returns the layer's ``(h, w)`` map.
     relu: apply the final ReLU (the method); ``False`` returns the signed sum.
@@ -113,8 +119,10 @@ def score_cam(
     float32 array ``(B, H, W)`` (or ``(B, h, w)`` without upsampling).
 
   Raises:
-    ValueError: the model exposes no feature maps, an unknown ``layer``, or bad
+    ValueError: the model has no layer with ``(B, h, w, K)`` output, an unknown
+      ``layer`` or one whose output is not ``(B, h, w, K)``, or bad
       ``images``/``targets``.
+    TypeError: ``layer`` is not a string, a path tuple, a submodule or ``None``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -136,11 +144,10 @@ def score_cam(
 
 
 def _prepare(
-    model: nnx.Module, images: jax.Array, *, layer: str | None = None, upsample: bool = True,
+    model: nnx.Module, images: jax.Array, *, layer: object = None, upsample: bool = True,
     relu: bool = True,
 ) -> Core:
-  del images
-  static = checked_options(model, layer, upsample, relu=relu)
+  static = checked_options(model, images, layer, upsample, relu=relu)
   return Core(_score_cam_core, static=static)
 
 
