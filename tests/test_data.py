@@ -146,7 +146,6 @@ def test_load_idx_split_full(fake_dir):
         ("test[-2:]", "test", N_TEST - 2, N_TEST),
         ("train[:25%]", "train", 0, 3),
         ("train[50%:]", "train", 6, N_TRAIN),
-        ("test[2:2]", "test", 2, 2),
     ],
 )
 def test_load_idx_split_slices(fake_dir, split, part, start, stop, monkeypatch):
@@ -178,6 +177,18 @@ def test_real_split_sizes_drive_slices():
 def test_unknown_split(split):
   with pytest.raises(ValueError, match=r"not a valid MNIST split.*'train' \(60000 examples\)"):
     data._resolve_split(split)
+
+
+@pytest.mark.parametrize("split", ["test[5:2]", "test[5:5]", "train[10000:-60000]"])
+def test_empty_or_inverted_slice_is_an_error(split):
+  with pytest.raises(ValueError, match=r"holds no digits"):
+    data._resolve_split(split)
+
+
+def test_load_mnist_never_returns_an_empty_split(fake_dir):
+  folder, _, _ = fake_dir
+  with pytest.raises(ValueError, match=r"split='test\[5:2\]'.*holds no digits"):
+    data.load_mnist("test[5:2]", data_dir=folder)
 
 
 def test_bad_split_type_and_shards():
@@ -333,7 +344,8 @@ def test_tfds_path_under_mock_data(tmp_path, monkeypatch):
     np.testing.assert_array_equal(labels, [3, 4])
     assert images.shape == (2, 28, 28, 1)
     assert len(data.load_mnist("train[:10%]")[1]) == 2
-    assert len(data.load_mnist("test[5:5]")[1]) == 0
+    with pytest.raises(ValueError, match="holds no digits"):
+      data.load_mnist("test[5:5]")
   assert requested[1] == ("test[3:5]", tfds.decode.DeserializeMethod.RAW_BYTES)
   assert not any(tmp_path.iterdir())  # Nothing was prepared.
 
@@ -468,3 +480,11 @@ def test_real_train_labels_alone_are_not_a_train_split():
     pytest.skip("this folder has the training images")
   with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz"):
     data.load_mnist("train")
+
+
+def test_the_suite_runs_offline():
+  """The conftest fixture: a non-loopback connection fails the test; lookups fail offline."""
+  with socket.socket() as sock, pytest.raises(pytest.fail.Exception, match="offline"):
+    sock.connect(("192.0.2.1", 443))  # TEST-NET-1: never routed
+  with pytest.raises(socket.gaierror):
+    socket.getaddrinfo("example.com", 443)

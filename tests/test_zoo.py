@@ -131,13 +131,22 @@ def test_environment_chooses_the_splits(tiny_world, monkeypatch):
   assert "train[:64]" in record.describe() and "test[:64]" in record.describe()
 
 
-@pytest.mark.parametrize("damage", ["garbage_params", "missing_record", "wrong_shapes", "nan"])
+@pytest.mark.parametrize("damage", [
+    "garbage_params", "flipped_bytes", "truncated", "missing_record", "wrong_shapes", "nan",
+])
 def test_corrupted_entry_is_retrained_with_a_warning(tiny_world, damage):
   calls, _ = tiny_world
   entry = zoo.pretrained("tiny", progress=False).path
   params = entry / "params.npz"
   if damage == "garbage_params":
     params.write_bytes(b"not a zip file")
+  elif damage == "flipped_bytes":  # inside the first stored array: a CRC mismatch
+    raw = bytearray(params.read_bytes())
+    for i in range(120, 136):
+      raw[i] ^= 0xFF
+    params.write_bytes(bytes(raw))
+  elif damage == "truncated":  # a save cut short
+    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
   elif damage == "missing_record":
     (entry / "record.json").unlink()
   else:

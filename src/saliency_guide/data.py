@@ -303,7 +303,13 @@ def _resolve_split(split: str) -> list[tuple[str, int, int]]:
     n = SPLIT_SIZES[instruction.splitname]
     start = 0 if instruction.from_ is None else instruction.from_
     stop = n if instruction.to is None else instruction.to
-    resolved.append((instruction.splitname, start, max(start, stop)))
+    if stop <= start:
+      raise ValueError(
+          f"split={split!r}: the slice [{start}:{stop}] of {instruction.splitname!r} "
+          f"({n} examples) holds no digits; give a slice whose start comes before its "
+          "stop, such as 'test[:8000]' or 'test[8000:]'."
+      )
+    resolved.append((instruction.splitname, start, stop))
   return resolved
 
 

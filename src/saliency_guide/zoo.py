@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -459,7 +460,8 @@ def _load_or_train(
           train_seconds=float(record["train_seconds"]), from_cache=True,
           shuffle_labels=shuffle_labels, seed=seed, path=entry, data_dir=data_dir,
       )
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, json.JSONDecodeError,
+            zipfile.BadZipFile) as err:  # a damaged entry is rebuilt, never a crash
       warnings.warn(
           f"{caller}: the cache entry {entry} is unreadable or incompatible "
           f"({err}); retraining.",
