@@ -275,3 +275,21 @@ def describe(rec: dict[str, str]) -> str:
           f"{rec['os']}; Python {rec['python']}, jax {rec['jax']}, flax {rec['flax']}. "
           f"Load average (1/5/15 min) before: {rec['load_before']}; after: "
           f"{rec['load_after']}.")
+
+
+def investigate(name: str, measure: Callable[[], Any], report: Callable[[Any], str],
+                parameters: Callable[[], dict[str, Any]],
+                worker: Callable[[list[str]], Any]) -> None:
+  """The command line of an investigation (``python investigations/X.py``).
+
+  With ``--worker ARGS`` (how :func:`run_in_fresh_process` calls the script back):
+  one measurement in this process, printed as JSON. Otherwise: ``measure()``, print
+  ``report(results)``, and save ``results/<name>.json`` with the machine record.
+  """
+  if "--worker" in sys.argv:
+    print(json.dumps(worker(sys.argv[sys.argv.index("--worker") + 1:])))
+    return
+  started, load = utc_now(), load_average()
+  results = measure()
+  print(report(results))
+  print(f"wrote {save(name, results, parameters(), started, load)}")

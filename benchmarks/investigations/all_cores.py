@@ -32,7 +32,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -200,14 +199,7 @@ def report(results: dict[str, Results], params: dict | None = None) -> str:
 
 
 def main() -> None:
-  if "--worker" in sys.argv:
-    setting = sys.argv[sys.argv.index("--worker") + 1]
-    print(json.dumps(SETTINGS[setting][1]()))
-    return
-  started, load = harness.utc_now(), harness.load_average()
-  results = measure()
-  print(report(results))
-  print(f"wrote {harness.save(NAME, results, parameters(), started, load)}")
+  harness.investigate(NAME, measure, report, parameters, worker=lambda args: SETTINGS[args[0]][1]())
 
 
 if __name__ == "__main__":

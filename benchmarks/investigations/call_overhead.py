@@ -19,7 +19,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -72,13 +71,7 @@ def report(results: Results, params: dict | None = None) -> str:
 
 
 def main() -> None:
-  if "--worker" in sys.argv:
-    print(json.dumps(_worker()))
-    return
-  started, load = harness.utc_now(), harness.load_average()
-  results = measure()
-  print(report(results))
-  print(f"wrote {harness.save(NAME, results, parameters(), started, load)}")
+  harness.investigate(NAME, measure, report, parameters, worker=lambda args: _worker())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -118,13 +117,7 @@ def report(results: dict[str, Results], params: dict | None = None) -> str:
 
 
 def main() -> None:
-  if "--worker" in sys.argv:
-    print(json.dumps(_worker()))
-    return
-  started, load = harness.utc_now(), harness.load_average()
-  results = measure()
-  print(report(results))
-  print(f"wrote {harness.save(NAME, results, parameters(), started, load)}")
+  harness.investigate(NAME, measure, report, parameters, worker=lambda args: _worker())
 
 
 if __name__ == "__main__":

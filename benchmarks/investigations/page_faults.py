@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import sys
@@ -114,13 +113,7 @@ def report(results: Results, params: dict | None = None) -> str:
 
 
 def main() -> None:
-  if "--worker" in sys.argv:
-    print(json.dumps(_worker(int(sys.argv[sys.argv.index("--worker") + 1]))))
-    return
-  started, load = harness.utc_now(), harness.load_average()
-  results = measure()
-  print(report(results))
-  print(f"wrote {harness.save(NAME, results, parameters(), started, load)}")
+  harness.investigate(NAME, measure, report, parameters, worker=lambda args: _worker(int(args[0])))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen, nnx
 
+from saliency_guide.methods._cores import Core
 from saliency_guide.models import conv_layer_names
 from saliency_guide.validation import check_flag
 
@@ -74,6 +75,19 @@ def checked_options(
   """``(("layer", layer), ("upsample", flag), *flags)`` checked against ``model``, for a Core."""
   options = {"layer": check_layer(model, layer, images), "upsample": upsample, **flags}
   return tuple((k, v if k == "layer" else check_flag(k, v)) for k, v in options.items())
+
+
+def layer_map_prepare(core_fn: Callable[..., jax.Array]) -> Callable[..., Core]:
+  """The ``prepare`` of a layer method whose options are ``layer``, ``upsample`` and ``relu``.
+
+  ``prepare(model, images, *, layer=None, upsample=True, relu=True)`` checks them
+  against ``model`` and returns ``Core(core_fn, static=...)`` (Grad-CAM, Score-CAM).
+  """
+  def prepare(model: nnx.Module, images: jax.Array, *, layer: object = None,
+              upsample: bool = True, relu: bool = True) -> Core:
+    return Core(core_fn, static=checked_options(model, images, layer, upsample, relu=relu))
+
+  return prepare
 
 
 def layer_name(layer: Layer) -> str:

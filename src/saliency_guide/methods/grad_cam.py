@@ -18,14 +18,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.methods._cores import Core, register
+from saliency_guide.methods._cores import register
 from saliency_guide.methods._feature_maps import (
-    Layer,
-    checked_options,
-    finish,
-    layer_score,
-    map_shape,
-    weighted_sum,
+  Layer,
+  finish,
+  layer_map_prepare,
+  layer_score,
+  map_shape,
+  weighted_sum,
 )
 from saliency_guide.validation import check_inputs
 
@@ -127,12 +127,7 @@ def grad_cam(
   return core.run(model, images, targets)
 
 
-def _prepare(
-    model: nnx.Module, images: jax.Array, *, layer: object = None, upsample: bool = True,
-    relu: bool = True,
-) -> Core:
-  static = checked_options(model, images, layer, upsample, relu=relu)
-  return Core(_grad_cam_core, static=static)
+_prepare = layer_map_prepare(_grad_cam_core)  # checks layer, upsample and relu
 
 
 register(grad_cam, _prepare)

@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.methods._cores import Core, register
+from saliency_guide.methods._cores import register
 from saliency_guide.methods._feature_maps import (
-    Layer,
-    checked_options,
-    feature_maps,
-    finish,
-    upsample_maps,
-    weighted_sum,
+  Layer,
+  feature_maps,
+  finish,
+  layer_map_prepare,
+  upsample_maps,
+  weighted_sum,
 )
 from saliency_guide.validation import check_inputs
 
@@ -143,12 +143,7 @@ def score_cam(
   return core.run(model, images, targets)
 
 
-def _prepare(
-    model: nnx.Module, images: jax.Array, *, layer: object = None, upsample: bool = True,
-    relu: bool = True,
-) -> Core:
-  static = checked_options(model, images, layer, upsample, relu=relu)
-  return Core(_score_cam_core, static=static)
+_prepare = layer_map_prepare(_score_cam_core)  # checks layer, upsample and relu
 
 
 register(score_cam, _prepare)
