@@ -376,3 +376,16 @@ def test_integrated_gradients_bad_input(cnn, kwargs, error, words):
     methods.integrated_gradients(cnn, **args)
   for word in words:
     assert word in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"steps": 0}, ValueError, "steps"),
+    ({"method": "simpson"}, ValueError, "method"),
+    ({"baseline": np.zeros((7, *SHAPE), np.float32)}, ValueError, "baseline"),
+    ({"baseline": "black"}, TypeError, "baseline"),
+])
+def test_plain_version_rejects_bad_options(kwargs, error, words):
+  model = toy_mlp()
+  images, targets = toy_batch()
+  with pytest.raises(error, match=words):
+    methods.integrated_gradients_plain(model, images, targets, **kwargs)

@@ -358,3 +358,17 @@ def test_bad_options_of_the_wrapped_method_raise_when_called():
   images, targets = toy_batch()
   with pytest.raises(ValueError, match="steps"):
     smooth(toy_mlp(), images, targets, steps=0)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"samples": 0}, ValueError, "samples"),
+    ({"noise_level": -0.1}, ValueError, "noise_level"),
+    ({"variant": "sg"}, ValueError, "variant"),
+    ({"key": None}, ValueError, "key"),
+])
+def test_plain_version_rejects_bad_options(kwargs, error, words):
+  model = toy_mlp()
+  images, targets = toy_batch()
+  options = {"key": jax.random.key(0), **kwargs}
+  with pytest.raises(error, match=words):
+    methods.smoothgrad_plain(methods.gradients, model, images, targets, **options)
