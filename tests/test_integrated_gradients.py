@@ -102,10 +102,49 @@ def test_documented_nodes_and_weights():
   )
   alphas, weights = methods.quadrature("riemann_trapezoid", 3)
   np.testing.assert_allclose(alphas, [0, 0.5, 1])
-  np.testing.assert_allclose(weights, [0.25, 0.5, 0.25])  # Captum: [1/3, 1/3, 1/3]
+  np.testing.assert_allclose(weights, [0.25, 0.5, 0.25])  # Captum: [1/6, 1/3, 1/6]
   alphas, weights = methods.quadrature("gausslegendre", 2)
   np.testing.assert_allclose(alphas, [0.5 - 0.5 / np.sqrt(3), 0.5 + 0.5 / np.sqrt(3)])
   np.testing.assert_allclose(weights, [0.5, 0.5])
+
+
+def captum_rule(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """Captum's nodes and weights (captum/attr/_utils/approximation_methods.py), restated.
+
+  Riemann rules: step 1/n for every node, halved at both ends for the trapezoid;
+  nodes linspace(0, 1, n) (trapezoid), linspace(0, 1 - 1/n, n) (left),
+  linspace(1/(2n), 1 - 1/(2n), n) (middle), linspace(1/n, 1, n) (right).
+  Gauss–Legendre: numpy's leggauss mapped to [0, 1].
+  """
+  if rule == "gausslegendre":
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return 0.5 * (1 + nodes), 0.5 * weights
+  weights = np.full(n, 1 / n)
+  if rule == "riemann_trapezoid":
+    weights[[0, -1]] /= 2
+  start, stop = {"riemann_trapezoid": (0, 1), "riemann_left": (0, 1 - 1 / n),
+                 "riemann_middle": (1 / (2 * n), 1 - 1 / (2 * n)),
+                 "riemann_right": (1 / n, 1)}[rule]
+  return np.linspace(start, stop, n), weights
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if r != "riemann_trapezoid"])
+@pytest.mark.parametrize("steps", [2, 3, 7, 64])
+def test_four_rules_have_captums_nodes_and_weights(rule, steps):
+  alphas, weights = methods.quadrature(rule, steps)
+  captum_alphas, captum_weights = captum_rule(rule, steps)
+  np.testing.assert_allclose(alphas, captum_alphas, rtol=1e-12, atol=1e-15)
+  np.testing.assert_allclose(weights, captum_weights, rtol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [2, 3, 7, 64])
+def test_captums_trapezoid_is_ours_times_n_minus_1_over_n(steps):
+  """Same nodes; Captum's weights (step 1/n, ends halved) sum to (n - 1)/n, ours to 1."""
+  alphas, weights = methods.quadrature("riemann_trapezoid", steps)
+  captum_alphas, captum_weights = captum_rule("riemann_trapezoid", steps)
+  np.testing.assert_allclose(alphas, captum_alphas, rtol=1e-12, atol=1e-15)
+  np.testing.assert_allclose(captum_weights, (steps - 1) / steps * weights, rtol=1e-12)
+  assert captum_weights.sum() == pytest.approx((steps - 1) / steps, rel=1e-12)
 
 
 @pytest.mark.parametrize(("rule", "steps", "error", "word"), [
@@ -122,6 +161,29 @@ def test_quadrature_rejects_bad_arguments(rule, steps, error, word):
 # --------------------------------------------------------------------------------------
 # Integrated Gradients on models where the answer is known.
 # --------------------------------------------------------------------------------------
+
+
+class PaperSaturation(nnx.Module):
+  """Logit 0 is f(x) = 1 - ReLU(1 - Σ_i x_i), Sundararajan et al.'s saturating example."""
+
+  def __call__(self, images):
+    score = 1 - jax.nn.relu(1 - images.reshape(images.shape[0], -1).sum(1))
+    return jnp.stack([score, -score], axis=1)
+
+
+def test_saturation_only_the_integral_is_complete():
+  """Σ x = 2: the gradient at x is 0, so GxI = 0; IG recovers f(x) - f(0) = 1 exactly.
+
+  Along the path Σ αx = 2α crosses 1 at α = 1/2: the integrand is 2 before, 0 after,
+  and the midpoint rule with 8 nodes puts exactly 4 of them before the jump.
+  """
+  model, images = PaperSaturation(), np.full((1, *SHAPE), 2 / np.prod(SHAPE), np.float32)
+  targets = np.zeros(1, np.int32)
+  assert float(jnp.abs(methods.gradients_x_inputs(model, images, targets)).max()) == 0.0
+  for ig in (methods.integrated_gradients, methods.integrated_gradients_plain):
+    maps = ig(model, images, targets, steps=8, method="riemann_middle")
+    assert float(maps.sum()) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(maps, images / 2, atol=1e-7)  # Σ x_i/2 = 1, shared evenly
 
 
 @pytest.mark.parametrize("rule", RULES)

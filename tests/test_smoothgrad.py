@@ -263,6 +263,23 @@ def test_same_key_same_maps_other_key_other_maps():
   np.testing.assert_allclose(run(0), run(0, gradients_without_core), rtol=1e-5, atol=1e-7)
 
 
+def test_one_key_shares_the_noise_between_two_inputs_independent_keys_do_not():
+  """Why the SmoothGrad page compares the maps of x and x + δ with independent keys.
+
+  With the probe, SmoothGrad is the mean of the noisy copies. A constant shift keeps
+  each image's value range, hence the noise scale: with one key the two means differ
+  by exactly the shift (the noise, and its Monte Carlo error, cancel); with two keys
+  they also differ by the Monte Carlo error.
+  """
+  model = toy_mlp()
+  images, targets = toy_batch()
+  shifted = images + np.float32(0.25)
+  smooth = lambda seed, x: methods.smoothgrad(  # noqa: E731
+      identity, samples=4, key=jax.random.key(seed))(model, x, targets)
+  np.testing.assert_allclose(smooth(0, shifted) - smooth(0, images), 0.25, atol=1e-6)
+  assert np.abs(smooth(1, shifted) - smooth(0, images) - 0.25).max() > 1e-2
+
+
 def test_chunking_changes_nothing():
   model = toy_mlp()
   images, targets = toy_batch()

@@ -33,7 +33,7 @@ from flax import nnx
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._path_engine import path_attributions
 from saliency_guide.methods._random import flat_random
-from saliency_guide.methods.gradients import logit_gradient, target_logits
+from saliency_guide.methods.gradients import _logit_gradient, _target_logits
 from saliency_guide.validation import (
     check_array,
     check_choice,
@@ -211,7 +211,7 @@ def integrated_gradients_plain(
   alphas = jnp.asarray(alphas, jnp.float32)[:, None, None, None, None]
   path = x0 + alphas * (images - x0)  # (steps, B, H, W, C): every point of every path
   points = path.reshape(-1, *images.shape[1:])  # (steps · B, H, W, C)
-  grads = logit_gradient(model, points, jnp.tile(targets, steps)).reshape(path.shape)
+  grads = _logit_gradient(model, points, jnp.tile(targets, steps)).reshape(path.shape)
   weights = jnp.asarray(weights, jnp.float32)
   return (images - x0) * jnp.einsum("k,k...->...", weights, grads)  # weighted sum
 
@@ -247,13 +247,18 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     on :math:`[-1, 1]`). Exact for degree :math:`2n - 1`.
 
   (Gauss–Legendre nodes and weights from :func:`numpy.polynomial.legendre.leggauss`,
-  mapped from :math:`[-1, 1]` to :math:`[0, 1]`.)
+  mapped from :math:`[-1, 1]` to :math:`[0, 1]`.) These degrees give the usual
+  orders of convergence only for smooth integrands: along the path through a
+  ReLU/max-pool network the integrand is piecewise constant, and every rule
+  converges as :math:`1/n`.
 
   **Difference from Captum.** Captum's ``riemann_trapezoid`` uses the nodes
-  :math:`k/(n-1)` but the step weights :math:`1/n` everywhere, so its weights
-  sum to :math:`(n-1)/n` and its completeness error never drops below about
-  :math:`1/n` of the logit difference. The rules here are the textbook ones; the
-  other four rules agree with Captum.
+  :math:`k/(n-1)` (``linspace(0, 1, n)``) with the step :math:`1/n` of its
+  other Riemann rules, halved at both ends: weights
+  :math:`\frac1{2n}, \frac1n, \dots, \frac1n, \frac1{2n}`, which sum to
+  :math:`(n-1)/n`. That is :math:`(n-1)/n` times the rule here, so its
+  completeness error tends to :math:`1/n` of the logit difference instead of
+  zero. The other four rules have Captum's nodes and weights.
 
   Args:
     method: one of :data:`QUADRATURE_RULES`.
@@ -465,7 +470,7 @@ def _integrated_gradients(
       model, images, targets, (baselines, None, alphas, weights),
       baseline=None, sigma=0.0, per_pass=per_pass,
   )
-  gap = target_logits(model, images, targets) - target_logits(model, baselines, targets)
+  gap = _target_logits(model, images, targets) - _target_logits(model, baselines, targets)
   return attributions, attributions.sum(axis=(1, 2, 3)) - gap
 
 

@@ -13,10 +13,16 @@ the tests pin the two together.
 
 References:
   D. Smilkov, N. Thorat, B. Kim, F. Viégas, M. Wattenberg. *SmoothGrad: removing
-  noise by adding noise.* 2017. arXiv:1706.03825.
+  noise by adding noise.* 2017. arXiv:1706.03825. (SmoothGrad.)
 
-  J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim. *Sanity
-  Checks for Saliency Maps.* NeurIPS 2018. arXiv:1810.03292.
+  S. Hooker, D. Erhan, P.-J. Kindermans, B. Kim. *A Benchmark for
+  Interpretability Methods in Deep Neural Networks.* NeurIPS 2019.
+  arXiv:1806.10758. (SmoothGrad².)
+
+  J. Adebayo, J. Gilmer, I. Goodfellow, B. Kim. *Local Explanation Methods for
+  Deep Neural Networks Lack Sensitivity to Parameter Values.* ICLR 2018 workshop.
+  arXiv:1810.03307. (VarGrad; expanded into *Sanity Checks for Saliency Maps*,
+  NeurIPS 2018, arXiv:1810.03292.)
 """
 
 from __future__ import annotations
@@ -72,15 +78,17 @@ def smoothgrad(
   there). With :math:`\varepsilon_j` the noise and :math:`m_j = M_c(x + \varepsilon_j)`,
   ``variant`` selects
 
-  * ``"smoothgrad"``: :math:`\frac1n \sum_j m_j` (Smilkov et al.): signed.
-  * ``"smoothgrad_squared"``: :math:`\frac1n \sum_j m_j^2` (the paper's squared
-    maps; Hooker et al. 2019): unsigned.
+  * ``"smoothgrad"``: :math:`\frac1n \sum_j m_j` (Smilkov et al. 2017): signed.
+  * ``"smoothgrad_squared"``: :math:`\frac1n \sum_j m_j^2` (Hooker et al. 2019,
+    not in Smilkov et al.'s paper): unsigned.
   * ``"vargrad"``: :math:`\frac1n \sum_j \big(m_j - \frac1n \sum_k m_k\big)^2`
     (Adebayo et al. 2018): unsigned.
 
   The noise is drawn from ``key``: calling the wrapped method twice gives the
-  same maps. With ``noise_level=0`` every variant reduces to the wrapped
-  method (``vargrad`` to zero).
+  same maps. To compare the maps of two different inputs, wrap with two
+  independent keys: one shared key shares the noise, and with it most of the
+  Monte Carlo error, between the two maps. With ``noise_level=0`` every variant
+  reduces to the wrapped method (``vargrad`` to zero).
 
   Noise samples go through ``method`` in chunks (``batch_size`` noisy images
   at a time) and are reduced on the fly with Welford's running mean and
@@ -127,12 +135,14 @@ def smoothgrad(
     D. Smilkov, N. Thorat, B. Kim, F. Viégas, M. Wattenberg. *SmoothGrad:
     removing noise by adding noise.* 2017. arXiv:1706.03825.
 
-    J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim. *Sanity
-    Checks for Saliency Maps.* NeurIPS 2018. arXiv:1810.03292.
-
     S. Hooker, D. Erhan, P.-J. Kindermans, B. Kim. *A Benchmark for
     Interpretability Methods in Deep Neural Networks.* NeurIPS 2019.
-    arXiv:1806.10758.
+    arXiv:1806.10758. (SmoothGrad².)
+
+    J. Adebayo, J. Gilmer, I. Goodfellow, B. Kim. *Local Explanation Methods for
+    Deep Neural Networks Lack Sensitivity to Parameter Values.* ICLR 2018
+    workshop. arXiv:1810.03307. (VarGrad; expanded into *Sanity Checks for
+    Saliency Maps*, NeurIPS 2018, arXiv:1810.03292.)
   """
   check_callable("method", method, "a saliency method method(model, images, targets, **options)")
   noise_level = _check_noise_level(noise_level)
@@ -225,6 +235,12 @@ def smoothgrad_plain(
     >>> engine = smoothgrad(gradients, samples=4, key=key)(model, x, t)
     >>> bool(jnp.allclose(plain, engine, rtol=1e-5, atol=1e-6))
     True
+
+  References:
+    D. Smilkov, N. Thorat, B. Kim, F. Viégas, M. Wattenberg. *SmoothGrad:
+    removing noise by adding noise.* 2017. arXiv:1706.03825. The variants'
+    sources (Hooker et al. 2019; Adebayo et al. 2018) are listed under
+    :func:`smoothgrad`.
   """
   images, targets = check_inputs(model, images, targets)
   noise_level = _check_noise_level(noise_level)
