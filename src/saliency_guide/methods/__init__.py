@@ -34,6 +34,7 @@ from saliency_guide.methods.integrated_gradients import (
 )
 from saliency_guide.methods.integrated_gradients import make_baseline as make_baseline
 from saliency_guide.methods.integrated_gradients import quadrature as quadrature
+from saliency_guide.methods.score_cam import SCORE_CAM_WEIGHTS as SCORE_CAM_WEIGHTS
 from saliency_guide.methods.score_cam import score_cam as score_cam
 from saliency_guide.methods.smoothgrad import SMOOTHGRAD_VARIANTS as SMOOTHGRAD_VARIANTS
 from saliency_guide.methods.smoothgrad import smoothgrad as smoothgrad

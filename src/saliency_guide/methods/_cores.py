@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
+from saliency_guide.validation import check_callable
+
 __all__ = ["Core", "core", "register"]
 
 
@@ -100,6 +102,9 @@ def core(
     The :class:`Core`, or ``None`` if ``method`` registered none (a user's own
     function).
 
+  Raises:
+    TypeError: ``method`` is not callable.
+
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -108,9 +113,15 @@ def core(
     >>> model, x = CNN(rngs=nnx.Rngs(0)), jnp.zeros((1, 28, 28, 1))
     >>> c = core(methods.grad_cam, model, x, layer="conv1")
     >>> c.fn.__name__, c.static
-    ('_grad_cam_core', (('layer', 'conv1'), ('upsample', True), ('relu', True)))
+    ('_grad_cam_core', (('layer', 'conv1'), ('upsample', True), ('relu', True),
+     ('counterfactual', False)))
     >>> c(model, x, jnp.array([3])).shape  # traceable; c.run(...) compiles it
     (1, 28, 28)
   """
-  prepare = _PREPARE.get(method)
+  check_callable("method", method, "a saliency method of saliency_guide.methods (or your own "
+                 "function method(model, images, targets, **options))")
+  try:
+    prepare = _PREPARE.get(method)
+  except TypeError:  # a callable that takes no weak reference cannot have been registered
+    prepare = None
   return None if prepare is None else prepare(model, images, **options)

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen, nnx
 
-from saliency_guide.methods._cores import Core
 from saliency_guide.models import conv_layer_names
 from saliency_guide.validation import check_flag
 
@@ -75,19 +74,6 @@ def checked_options(
   """``(("layer", layer), ("upsample", flag), *flags)`` checked against ``model``, for a Core."""
   options = {"layer": check_layer(model, layer, images), "upsample": upsample, **flags}
   return tuple((k, v if k == "layer" else check_flag(k, v)) for k, v in options.items())
-
-
-def layer_map_prepare(core_fn: Callable[..., jax.Array]) -> Callable[..., Core]:
-  """The ``prepare`` of a layer method whose options are ``layer``, ``upsample`` and ``relu``.
-
-  ``prepare(model, images, *, layer=None, upsample=True, relu=True)`` checks them
-  against ``model`` and returns ``Core(core_fn, static=...)`` (Grad-CAM, Score-CAM).
-  """
-  def prepare(model: nnx.Module, images: jax.Array, *, layer: object = None,
-              upsample: bool = True, relu: bool = True) -> Core:
-    return Core(core_fn, static=checked_options(model, images, layer, upsample, relu=relu))
-
-  return prepare
 
 
 def layer_name(layer: Layer) -> str:
@@ -545,7 +531,8 @@ def upsample_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
   Output pixel :math:`p` samples the map at :math:`(p + \tfrac12)\,h/H - \tfrac12`
   (:func:`jax.image.resize`), and beyond the outermost cell centres the edge
   value is repeated: for SAME-padded convolutions and 2×2 poolings each cell
-  lands on the centre of the pixel block it summarises.
+  lands on the centre of the block of pixels it sits over (its stride; the
+  unit's receptive field is larger, see the CAM tutorial).
   """
   return jax.image.resize(maps, (maps.shape[0], *size, *maps.shape[3:]), method="bilinear")
 

@@ -20,7 +20,7 @@ from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._feature_maps import Layer, check_layer, finish
 from saliency_guide.methods._relu_rules import replace_relus
 from saliency_guide.methods.grad_cam import _grad_cam_sum
-from saliency_guide.methods.gradients import logit_gradient
+from saliency_guide.methods.gradients import _logit_gradient
 from saliency_guide.methods.guided_backprop import guided_relu
 from saliency_guide.validation import check_flag, check_inputs
 
@@ -36,7 +36,7 @@ def _guided_grad_cam_core(
   coarse = finish(_grad_cam_sum(model, images, targets, layer), images.shape[1:3],
                   relu=True, upsample=True)
   guided = replace_relus(model, guided_relu)  # the rule at every ReLU; model is untouched
-  return logit_gradient(guided, images, targets) * coarse[..., None]
+  return _logit_gradient(guided, images, targets) * coarse[..., None]
 
 
 def guided_grad_cam(
@@ -60,7 +60,9 @@ def guided_grad_cam(
   size and broadcast over channels. The product is of the **raw** maps (not of
   maps rescaled to [0, 255] for display): it equals
   ``guided_backprop(model, images, targets) * grad_cam(model, images, targets,
-  layer=layer)[..., None]``, computed in one compiled call.
+  layer=layer)[..., None]``, computed in one compiled call. The Grad-CAM factor
+  is non-negative, so the product's sign is Guided Backpropagation's, which is
+  not an effect on the logit (it follows the first layer's filters).
 
   Args:
     model: a convolutional model exposing its feature maps; its ReLUs, however
