@@ -118,10 +118,46 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("method", [methods.gradients, methods.gradients_x_inputs])
+@pytest.mark.parametrize("method", [methods.gradients, methods.gradients_x_inputs,
+                                    methods.logit_gradient, methods.target_logits])
 @pytest.mark.parametrize(("images", "targets", "error", "words"), BAD_INPUTS)
 def test_bad_inputs_raise_errors_naming_the_argument(cnn, method, images, targets, error, words):
   with pytest.raises(error) as info:
     method(cnn, images, np.asarray(targets))
   for word in words:
     assert word in str(info.value)
+
+
+def test_the_public_helpers_check_and_match_the_cores_the_methods_use(cnn):
+  from saliency_guide.methods.gradients import _logit_gradient, _target_logits
+
+  x, t = rand(7, (3, 28, 28, 1)), jnp.array([0, 4, 9])
+  np.testing.assert_array_equal(methods.logit_gradient(cnn, x, t), _logit_gradient(cnn, x, t))
+  np.testing.assert_array_equal(methods.target_logits(cnn, x, t), _target_logits(cnn, x, t))
+  np.testing.assert_array_equal(methods.target_logits(cnn, x, t),
+                                jnp.take_along_axis(cnn(x), t[:, None], axis=1)[:, 0])
+  with pytest.raises(TypeError, match="model: expected a Flax NNX module"):
+    methods.logit_gradient("cnn", x, t)
+  with pytest.raises(ValueError, match=r"targets: expected class indices in \[0, 10\)"):
+    methods.target_logits(cnn, x, t + 1)
+
+
+def test_the_public_helpers_can_be_jitted(cnn):
+  """Inside jit the static checks run at trace time; the maps are those of the eager call."""
+  x, t = rand(8, (2, 28, 28, 1)), jnp.array([3, 5])
+  np.testing.assert_array_equal(jax.jit(methods.logit_gradient)(cnn, x, t),
+                                methods.gradients(cnn, x, t))
+  graphdef, state = nnx.split(cnn)
+  logits = jax.jit(lambda s, x, t: methods.target_logits(nnx.merge(graphdef, s), x, t))
+  np.testing.assert_array_equal(logits(state, x, t), methods.target_logits(cnn, x, t))
+  with pytest.raises(ValueError, match="images: expected rank 4"):
+    jax.jit(methods.logit_gradient)(cnn, x[..., 0], t)
+
+
+def test_core_names_a_method_that_is_not_callable(cnn):
+  x = jnp.zeros((1, 28, 28, 1))
+  with pytest.raises(TypeError, match=r"method: expected a saliency method of "
+                     r"saliency_guide\.methods .*got str 'gradients'"):
+    methods.core("gradients", cnn, x)
+  assert methods.core(lambda m, i, t: i, cnn, x) is None  # a user's own method: no core
+  assert methods.core(methods.gradients, cnn, x).fn.__name__ == "_gradients_core"

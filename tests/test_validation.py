@@ -273,3 +273,58 @@ class _Flatten(nnx.Module):
 
   def __call__(self, x):
     return self.layer(x.reshape(x.shape[0], -1))
+
+
+# ---------------------------------------------------------------------------------------
+# The model must be an NNX module; inside jit the static checks still run.
+# ---------------------------------------------------------------------------------------
+
+
+class Record:
+  """Like zoo.Pretrained: a record holding the model."""
+
+  def __init__(self, model):
+    self.model = model
+
+
+@pytest.mark.parametrize("model, hint", [
+    ("cnn", r"got str 'cnn'; for a named trained model use saliency_guide.pretrained\('cnn'\)"),
+    (Record(CNN(channels=(2, 2), hidden=4, rngs=nnx.Rngs(0))), r"pass its \.model"),
+    (linen_model().to_nnx__module, r"wrap a Linen module first: nnx.bridge.lazy_init"),
+    (lambda x: x.sum(axis=(1, 2)), r"got function"),
+], ids=["string", "record", "linen", "function"])
+def test_a_model_that_is_not_an_nnx_module_is_named(model, hint):
+  expected = r"model: expected a Flax NNX module returning logits \(an nnx.Module\), got "
+  for check in (lambda: v.check_model(model), lambda: v.check_inputs(model, X, T),
+                lambda: v.model_channels(model), lambda: v.model_num_classes(model, X)):
+    with pytest.raises(TypeError, match=expected) as info:
+      check()
+    assert info.match(hint)
+  with pytest.raises(TypeError, match="random_model: expected a Flax NNX module"):
+    v.check_model(model, "random_model")
+
+
+def test_a_wrapped_linen_model_is_a_module():
+  model = linen_model()
+  assert v.check_model(model) is model
+  assert v.model_num_classes(model, X) == 10
+
+
+def test_inside_jit_the_static_checks_run_and_the_value_checks_cannot():
+  model = CNN(channels=(2, 2), hidden=4, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def checked(state, x, t):
+    x, t = v.check_inputs(nnx.merge(graphdef, state), x, t)
+    return x.sum(), t
+
+  with pytest.raises(ValueError, match=r"images: expected rank 4"):
+    checked(state, X[..., 0], T)
+  with pytest.raises(ValueError, match=r"targets: expected shape \(2,\)"):
+    checked(state, X, T[:1])
+  with pytest.raises(TypeError, match="targets: expected integer class indices"):
+    checked(state, X, T.astype(np.float32))
+  # Values are unknown while tracing: NaN and out-of-range targets are not checked there.
+  total, targets = checked(state, np.full_like(X, np.nan), np.array([1, 99]))
+  assert np.isnan(total) and targets.dtype == jnp.int32

@@ -13,6 +13,11 @@ is guessed from its attributes.
 
 Write your own method the same way: ``images, targets = check_inputs(model,
 images, targets)`` first, then a jitted core.
+
+Called inside ``jit`` (on traced arrays), the checks run when the function is
+traced: the model, types, ranks and shapes are still checked, but values are
+not known then, so NaN/Inf images and out-of-range targets are only caught on
+concrete arrays, i.e. outside ``jit``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ __all__ = [
     "check_inputs",
     "check_key",
     "check_maps",
+    "check_model",
     "check_number",
     "check_positive_int",
     "describe",
@@ -60,7 +66,13 @@ def model_channels(model: nnx.Module) -> int | None:
     1
     >>> model_channels(nnx.Linear(4, 2, rngs=nnx.Rngs(0))) is None
     True
+    >>> model_channels("cnn")
+    Traceback (most recent call last):
+    ...
+    TypeError: model: expected a Flax NNX module returning logits (an nnx.Module), got str \
+'cnn'; for a named trained model use saliency_guide.pretrained('cnn').model
   """
+  check_model(model)
   channels = getattr(model, "in_channels", None)
   if channels is not None:
     return int(channels)
@@ -74,9 +86,17 @@ def model_num_classes(model: nnx.Module, images: jax.Array) -> int:
   """Number of logits ``model`` returns for ``images`` (by abstract evaluation, cached).
 
   Raises:
+    TypeError: ``model`` is not an ``nnx.Module``.
     ValueError: the model cannot be applied to ``images``, or its output is
       not ``(B, classes)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from saliency_guide.models import MLP
+    >>> model_num_classes(MLP(rngs=nnx.Rngs(0)), jnp.zeros((1, 28, 28, 1)))
+    10
   """
+  check_model(model)
   out = _abstract_output(model, images)[0]
   _check_logits_shape(out, images)
   return int(out.shape[-1])
@@ -279,6 +299,37 @@ def describe(x: Any) -> str:
   return f"{type(x).__name__} {x!r}"[:200]
 
 
+def check_model(model: Any, name: str = "model") -> nnx.Module:
+  """``model`` if it is a Flax NNX module, else a ``TypeError`` naming ``name``.
+
+  The methods take an ``nnx.Module`` whose call returns logits: a Linen module
+  is wrapped first (``nnx.bridge.ToNNX``), a :class:`~saliency_guide.zoo.Pretrained`
+  record passes its ``.model``. What the module does to the images is checked by
+  :func:`check_inputs`.
+
+  Example:
+    >>> check_model("cnn")
+    Traceback (most recent call last):
+    ...
+    TypeError: model: expected a Flax NNX module returning logits (an nnx.Module), got str \
+'cnn'; for a named trained model use saliency_guide.pretrained('cnn').model
+  """
+  if isinstance(model, nnx.Module):
+    return model
+  hint = ""
+  if isinstance(model, str):
+    hint = f"; for a named trained model use saliency_guide.pretrained({model!r}).model"
+  elif isinstance(getattr(model, "model", None), nnx.Module):
+    hint = "; pass its .model (the trained module), not the record"
+  elif any(c.__module__.startswith("flax.linen") for c in type(model).__mro__):
+    hint = ("; wrap a Linen module first: "
+            "nnx.bridge.lazy_init(nnx.bridge.ToNNX(module), x, rngs=nnx.Rngs(0))")
+  raise TypeError(
+      f"{name}: expected a Flax NNX module returning logits (an nnx.Module), got "
+      f"{describe(model)}{hint}"
+  )
+
+
 def check_inputs(
     model: nnx.Module, images: Any, targets: Any
 ) -> tuple[jax.Array, jax.Array]:
@@ -293,7 +344,8 @@ def check_inputs(
   (``jax.make_jaxpr``, once per model structure and image shape, then cached),
   and its own shape error, if any, is reported with the images' shape. A model
   whose last operation is a softmax, log-softmax or sigmoid is refused: saliency
-  methods explain logits.
+  methods explain logits. On traced arrays (inside ``jit``) the values are not
+  known, so NaN/Inf images and out-of-range targets are not checked there.
 
   Args:
     model: the classifier to explain (returns logits).
@@ -304,7 +356,8 @@ def check_inputs(
     ``(images, targets)`` as ``float32`` and ``int32`` JAX arrays.
 
   Raises:
-    TypeError: ``images`` is not a floating array or ``targets`` not an integer one.
+    TypeError: ``model`` is not an ``nnx.Module``, ``images`` not a floating
+      array or ``targets`` not an integer one.
     ValueError: wrong rank, images the model cannot take (e.g. NCHW images),
       non-finite values, a model that returns probabilities or no ``(B,
       classes)`` logits, wrong number of targets, or a target out of range.
@@ -322,6 +375,7 @@ def check_inputs(
     ValueError: images: expected NHWC images (B, H, W, 1) ... got shape (2, 1, 28, 28); \
 channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
   """
+  check_model(model)
   if not hasattr(images, "shape") or not hasattr(images, "dtype"):
     if isinstance(images, list | tuple):
       images = np.asarray(images)
@@ -352,7 +406,8 @@ channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
         f"targets: expected an integer array of shape ({images.shape[0]},), one class per "
         f"image, got the scalar {targets!r}; use jnp.full(len(images), {targets})"
     )
-  targets_arr = np.asarray(targets)
+  traced = isinstance(targets, jax.core.Tracer)
+  targets_arr = targets if traced else np.asarray(targets)
   if not np.issubdtype(targets_arr.dtype, np.integer):
     raise TypeError(f"targets: expected integer class indices, got dtype {targets_arr.dtype}")
   if targets_arr.shape != (images.shape[0],):
@@ -360,6 +415,8 @@ channel-first (NCHW) arrays must be transposed with x.transpose(0, 2, 3, 1)
         f"targets: expected shape ({images.shape[0]},), one class per image, got shape "
         f"{targets_arr.shape}"
     )
+  if traced:  # inside jit: values are unknown until the call runs
+    return images, targets_arr.astype(jnp.int32)
   if targets_arr.min() < 0 or targets_arr.max() >= classes:
     raise ValueError(
         f"targets: expected class indices in [0, {classes}), got values from "
@@ -522,6 +579,8 @@ e.g. key=jax.random.key(0); got None
 
 
 def _finite(name: str, x: jax.Array) -> jax.Array:
+  if isinstance(x, jax.core.Tracer):  # inside jit: values are unknown until the call runs
+    return x
   bad = int(_count_nonfinite(x))
   if bad:
     raise ValueError(f"{name}: expected finite values, got {bad} NaN or Inf value(s)")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.methods.gradients import logit_gradient
+from saliency_guide.methods.gradients import _logit_gradient
 
 __all__ = ["path_attributions"]
 
@@ -109,7 +109,7 @@ def path_attributions(
       start = references[index]  # (k, m, H, W, C)
       delta = x[None] - start
       path = start + alpha[..., None, None, None] * delta
-      grads = logit_gradient(
+      grads = _logit_gradient(
           model, path.reshape(-1, *x.shape[1:]), jnp.tile(t, per_chunk)
       ).reshape(delta.shape)
       return total + jnp.einsum("k,k...->...", w, delta * grads), None

@@ -1,6 +1,6 @@
-r"""Deconvolution (Zeiler & Fergus, 2014): the logit's gradient with rectified ReLU signals.
+r"""Deconvolution (Zeiler & Fergus, 2014): the logit's backward pass with rectified ReLU signals.
 
-The gradient of the target logit, with a different backward rule at every ReLU:
+The backward pass of the target logit, with a different rule at every ReLU:
 with :math:`x` the forward input of a ReLU and :math:`R` the signal from above,
 
 .. math:: R_\text{in} = \max(R, 0) \qquad \text{(the gradient: } R \cdot \mathbb{1}[x > 0]\text{)},
@@ -22,7 +22,7 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._relu_rules import replace_relus
-from saliency_guide.methods.gradients import logit_gradient
+from saliency_guide.methods.gradients import _logit_gradient
 from saliency_guide.validation import check_inputs
 
 __all__ = ["deconv_relu", "deconvolution"]
@@ -77,12 +77,12 @@ def _deconvolution_core(
 ) -> jax.Array:
   """Traceable core of :func:`deconvolution` on checked inputs (no options)."""
   del operands
-  return logit_gradient(replace_relus(model, deconv_relu), images, targets)
+  return _logit_gradient(replace_relus(model, deconv_relu), images, targets)
 
 
 
 def deconvolution(model: nnx.Module, images: jax.Array, targets: jax.Array) -> jax.Array:
-  r"""Deconvnet saliency (Zeiler & Fergus, 2014): the logit's gradient with rectified ReLUs.
+  r"""Deconvnet saliency (Zeiler & Fergus, 2014): the logit's backward pass, ReLUs rectified.
 
   The map is the backward pass of the target logit :math:`f_c` in which every
   ReLU sends down the rectified signal, whatever its forward input was:
@@ -107,7 +107,9 @@ def deconvolution(model: nnx.Module, images: jax.Array, targets: jax.Array) -> j
     targets: integer array ``(B,)``, the class whose logit is explained.
 
   Returns:
-    Float32 array of the shape of ``images``.
+    Float32 array of the shape of ``images``. It is not a derivative of the
+    logit: the signal reaching the first layer is non-negative, so a pixel's
+    sign is that of the first layer's filters, not an effect on the logit.
 
   Raises:
     ValueError, TypeError: bad ``images``/``targets`` (see ``check_inputs``), a

@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
-from saliency_guide.methods.gradients import logit_gradient
+from saliency_guide.methods.gradients import _logit_gradient
 from saliency_guide.validation import check_inputs
 
 __all__ = ["gradients_x_inputs"]
@@ -23,7 +23,7 @@ def _gradients_x_inputs_core(
 ) -> jax.Array:
   """Traceable core of :func:`gradients_x_inputs` on checked inputs (no options)."""
   del operands
-  return images * logit_gradient(model, images, targets)
+  return images * _logit_gradient(model, images, targets)
 
 
 

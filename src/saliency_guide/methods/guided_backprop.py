@@ -1,6 +1,6 @@
 r"""Guided Backpropagation (Springenberg et al., 2015): gradient ∧ deconvnet at every ReLU.
 
-The gradient of the target logit, with a different backward rule at every ReLU:
+The backward pass of the target logit, with a different rule at every ReLU:
 with :math:`x` the forward input of a ReLU and :math:`R` the signal from above,
 
 .. math:: R_\text{in} = \max(R, 0) \cdot \mathbb{1}[x > 0],
@@ -22,7 +22,7 @@ from flax import nnx
 
 from saliency_guide.methods._cores import Core, register
 from saliency_guide.methods._relu_rules import replace_relus
-from saliency_guide.methods.gradients import logit_gradient
+from saliency_guide.methods.gradients import _logit_gradient
 from saliency_guide.validation import check_inputs
 
 __all__ = ["guided_backprop", "guided_relu"]
@@ -77,7 +77,7 @@ def _guided_backprop_core(
 ) -> jax.Array:
   """Traceable core of :func:`guided_backprop` on checked inputs (no options)."""
   del operands
-  return logit_gradient(replace_relus(model, guided_relu), images, targets)
+  return _logit_gradient(replace_relus(model, guided_relu), images, targets)
 
 
 
@@ -105,7 +105,9 @@ def guided_backprop(model: nnx.Module, images: jax.Array, targets: jax.Array) ->
     targets: integer array ``(B,)``, the class whose logit is explained.
 
   Returns:
-    Float32 array of the shape of ``images``.
+    Float32 array of the shape of ``images``. It is not a derivative of the
+    logit: the signal reaching the first layer is non-negative, so a pixel's
+    sign is that of the first layer's filters, not an effect on the logit.
 
   Raises:
     ValueError, TypeError: bad ``images``/``targets`` (see ``check_inputs``), a
