@@ -21,7 +21,7 @@ from saliency_guide import methods, metrics
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "saliency_guide"
 TUTORIALS = ROOT / "docs" / "tutorials"
-NOT_METHOD_PAGES = {"getting_started", "comparison", "which_method", "own_model"}
+NOT_METHOD_PAGES = {"getting_started", "comparison", "which_method", "own_model", "manipulation"}
 
 
 def _imports(path: Path) -> list[str]:

@@ -10,6 +10,14 @@ What is pinned down:
   areas); the result does not depend on the chunk size; (B, H, W, C) and
   (B, H, W) maps give the same curves; ties are broken at random, not by
   index; the jitted core compiles once per shape;
+* orders and scores: least-relevant-first (LeRF) curves are the
+  most-relevant-first curves of the negated map, exactly (ties included), and
+  LeRF deletion is MoRF insertion read backwards; perturbation_curves gives
+  the logit and probability curves of deletion and insertion in one pass;
+* compare_to_random: the oracle "beats random" and the reversed oracle is
+  "worse than random" in every curve and order, a random ranking against
+  another is "not distinguishable" (and the rule's false-alarm rate on pure
+  noise is about 5 % for z = 2), pairs with a NaN are dropped;
 * similarity: a map against itself scores 1 on all four measures; Spearman
   equals scipy's, ties included, and is 1 for any increasing function of a
   map; sign flips are forgiven by the absolute versions only; SSIM is
@@ -221,6 +229,172 @@ def test_auc_of_a_constant_curve_is_the_constant():
   np.testing.assert_allclose(metrics.auc(fractions, jnp.full((3, 11), 0.7)), 0.7, rtol=1e-6)
 
 
+@pytest.mark.parametrize("curve", ["deletion", "insertion"])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_lerf_is_morf_of_the_negated_map(curve, absolute):
+  model = small_cnn()
+  x, t = images(4), jnp.array([1, 4, 9, 0])
+  # Rounded: many ties, so that the tie-breaking must match as well.
+  maps = jnp.round(2 * jax.random.normal(jax.random.key(2), (4, 28, 28)))
+  fn = getattr(metrics, curve)
+  lerf = fn(model, x, t, maps, steps=14, order="lerf", absolute=absolute)
+  negated = -jnp.abs(maps) if absolute else -maps
+  morf = fn(model, x, t, negated, steps=14)
+  np.testing.assert_array_equal(lerf.scores, morf.scores)
+  # The default order is MoRF, and LeRF differs from it.
+  default = fn(model, x, t, maps, steps=14, absolute=absolute)
+  np.testing.assert_array_equal(default.scores,
+                                fn(model, x, t, maps, steps=14, absolute=absolute,
+                                   order="morf").scores)
+  assert not np.allclose(default.scores, lerf.scores)
+
+
+def test_lerf_deletion_is_morf_insertion_read_backwards():
+  model = small_cnn()
+  x, t = images(4), jnp.array([1, 4, 9, 0])
+  maps = jax.random.normal(jax.random.key(2), (4, 28, 28))  # no ties
+  lerf = metrics.deletion(model, x, t, maps, steps=14, order="lerf")
+  ins = metrics.insertion(model, x, t, maps, steps=14)
+  np.testing.assert_allclose(lerf.scores, ins.scores[:, ::-1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(lerf.auc, ins.auc, rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_perturbation_curves_give_every_score_of_deletion_and_insertion_in_one_pass(order):
+  model = small_cnn()
+  x, t = images(4), jnp.array([1, 4, 9, 0])
+  maps = jax.random.normal(jax.random.key(2), (4, 28, 28))
+  for curve, fn in (("deletion", metrics.deletion), ("insertion", metrics.insertion)):
+    both = metrics.perturbation_curves(model, x, t, maps, curve=curve, order=order, steps=14)
+    assert set(both) == {"probability", "logit"}
+    for score, curves in both.items():
+      alone = fn(model, x, t, maps, steps=14, score=score, order=order)
+      np.testing.assert_allclose(curves.scores, alone.scores, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(curves.auc, alone.auc, rtol=1e-5, atol=1e-6)
+  one = metrics.perturbation_curves(model, x, t, maps, scores=("logit",), steps=14)
+  assert set(one) == {"logit"}
+  with pytest.raises(ValueError, match="curve: expected one of"):
+    metrics.perturbation_curves(model, x, t, maps, curve="roar")
+  with pytest.raises(ValueError, match="score: expected one of"):
+    metrics.perturbation_curves(model, x, t, maps, scores=("softmax",))
+  with pytest.raises(TypeError, match="scores: expected a non-empty tuple"):
+    metrics.perturbation_curves(model, x, t, maps, scores=())
+
+
+def test_lerf_of_the_oracle_equals_morf_of_the_reversed_oracle():
+  model = OnePixel()
+  x, t, oracle = one_pixel_data()
+  for fn in (metrics.deletion, metrics.insertion):
+    lerf = fn(model, x, t, oracle, substrate="zeros", order="lerf")
+    reversed_oracle = fn(model, x, t, -oracle, substrate="zeros")
+    np.testing.assert_array_equal(lerf.scores, reversed_oracle.scores)
+  # LeRF deletion of the oracle removes the pixel last: the score stays at p0 until then.
+  lerf = metrics.deletion(model, x, t, oracle, substrate="zeros", order="lerf")
+  np.testing.assert_allclose(lerf.scores[:, :-1], jax.nn.sigmoid(20.0), rtol=1e-6)
+
+
+def test_higher_is_better():
+  assert metrics.higher_is_better("deletion") is False
+  assert metrics.higher_is_better("insertion") is True
+  assert metrics.higher_is_better("deletion", "lerf") is True
+  assert metrics.higher_is_better("insertion", "lerf") is False
+  with pytest.raises(ValueError, match="curve: expected one of 'deletion', 'insertion'"):
+    metrics.higher_is_better("roar")
+  with pytest.raises(ValueError, match="order: expected one of"):
+    metrics.higher_is_better("deletion", "MoRF")
+
+
+@pytest.mark.parametrize("curve", ["deletion", "insertion"])
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_oracle_beats_random_and_reversed_oracle_is_worse(curve, order):
+  model = OnePixel()
+  x, t, oracle = one_pixel_data(batch=32)
+  fn = getattr(metrics, curve)
+  random = fn(model, x, t, metrics.random_attributions(jax.random.key(1), x), substrate="zeros",
+              order=order)
+  better = metrics.higher_is_better(curve, order)
+  best = metrics.compare_to_random(
+      fn(model, x, t, oracle, substrate="zeros", order=order).auc, random.auc,
+      higher_is_better=better)
+  worst = metrics.compare_to_random(
+      fn(model, x, t, -oracle, substrate="zeros", order=order).auc, random.auc,
+      higher_is_better=better)
+  assert best.verdict == "beats random", best
+  assert worst.verdict == "worse than random", worst
+  assert best.advantage > 0 > worst.advantage
+  assert best.n == 32 and best.z == 2.0
+  # The paired s.e. is the s.e. of the per-digit differences.
+  d = np.asarray(fn(model, x, t, oracle, substrate="zeros", order=order).auc) - np.asarray(
+      random.auc)
+  assert best.difference == pytest.approx(d.mean(), rel=1e-6)
+  assert best.difference_sem == pytest.approx(scipy.stats.sem(d), rel=1e-6)
+
+
+def test_random_against_random_is_not_distinguishable():
+  model = OnePixel()
+  x, t, _ = one_pixel_data(batch=48)
+  verdicts = []
+  for seed in range(10):
+    a, b = (metrics.deletion(model, x, t, metrics.random_attributions(jax.random.key(k), x),
+                             substrate="zeros").auc for k in (2 * seed, 2 * seed + 1))
+    verdicts.append(metrics.compare_to_random(a, b, higher_is_better=False).verdict)
+  # Each is wrong with probability ~5 %: at most 2 of 10 (P(>2) < 1 %).
+  assert verdicts.count("not distinguishable from random") >= 8, verdicts
+
+
+def test_compare_to_random_false_alarm_rate_and_power():
+  rng = np.random.default_rng(0)
+  random = rng.normal(size=(400, 50))
+  same = random + rng.normal(size=(400, 50))  # no true difference
+  alarms = [metrics.compare_to_random(a, r, higher_is_better=True).verdict
+            != "not distinguishable from random" for a, r in zip(same, random, strict=True)]
+  assert 0.02 < np.mean(alarms) < 0.09  # z = 2: about 5 % (t with 49 d.o.f.: 5.1 %)
+  shifted = same + 0.8  # 0.8 s.d. of the difference, n = 50: power ~ 1
+  verdicts = {metrics.compare_to_random(a, r, higher_is_better=True).verdict
+              for a, r in zip(shifted, random, strict=True)}
+  assert verdicts == {"beats random"}
+  worse = {metrics.compare_to_random(a, r, higher_is_better=False).verdict
+           for a, r in zip(shifted, random, strict=True)}
+  assert worse == {"worse than random"}
+  # A larger z is more conservative.
+  loose = metrics.compare_to_random(same[0] + 0.3, random[0], higher_is_better=True, z=1.0)
+  strict = metrics.compare_to_random(same[0] + 0.3, random[0], higher_is_better=True, z=10.0)
+  assert strict.verdict == "not distinguishable from random"
+  assert loose.difference == strict.difference
+
+
+def test_compare_to_random_report_and_nan_pairs():
+  result = metrics.compare_to_random([0.1, np.nan, 0.2, 0.3], [0.5, 0.5, np.nan, 0.6],
+                                     higher_is_better=False)
+  assert result.n == 2  # pairs with a NaN on either side are left out
+  assert result.difference == pytest.approx(-0.35)  # (0.1 - 0.5 + 0.3 - 0.6) / 2
+  assert result.verdict in metrics.COMPARISON_VERDICTS
+  assert "beats random" in str(result) and "n = 2" in str(result)
+  assert "2 standard errors" in result.rule
+  assert metrics.comparison_rule(3.0) == metrics.compare_to_random(
+      [1.0, 2.0], [0.0, 0.5], higher_is_better=True, z=3.0).rule
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        (([0.1, 0.2], [0.1, 0.2, 0.3]), {}, ValueError, "expected the same pairs"),
+        (([[0.1, 0.2]], [[0.1, 0.2]]), {}, ValueError, "method_values: expected a 1-D array"),
+        (([0.1, 0.2], "random"), {}, TypeError, "random_values: expected a 1-D array"),
+        (([0.1], [0.2]), {}, ValueError, "at least 2 pairs without NaN"),
+        (([0.1, np.nan], [0.2, 0.3]), {}, ValueError, "at least 2 pairs without NaN"),
+        (([0.1, np.inf], [0.2, 0.3]), {}, ValueError, "method_values: expected finite"),
+        (([0.1, 0.2], [0.2, 0.3]), {"z": 0.0}, ValueError, "z: expected a finite number > 0"),
+        (([0.1, 0.2], [0.2, 0.3]), {"z": "2"}, TypeError, "z: expected a number"),
+    ],
+)
+def test_compare_to_random_bad_input(args, kwargs, error, match):
+  with pytest.raises(error, match=match):
+    metrics.compare_to_random(*args, **{"higher_is_better": True, **kwargs})
+  with pytest.raises(TypeError, match="higher_is_better: expected True or False"):
+    metrics.compare_to_random([0.1, 0.2], [0.2, 0.3], higher_is_better="lower")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -238,6 +412,7 @@ def test_auc_of_a_constant_curve_is_the_constant():
         ({"steps": 785}, ValueError, "steps: expected at most"),
         ({"steps": 2.5}, TypeError, "steps"),
         ({"score": "softmax"}, ValueError, "score: expected one of"),
+        ({"order": "random"}, ValueError, "order: expected one of 'morf', 'lerf'"),
         ({"key": 0}, TypeError, "key: expected a single PRNG key"),
         ({"blur_sigma": -1.0}, ValueError, "blur_sigma"),
         ({"absolute": 1}, TypeError, "absolute"),

@@ -1,5 +1,6 @@
 """Figures: one symmetric scale per column, a colourbar, clear errors."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -45,3 +46,38 @@ def test_errors_name_the_argument():
     plot_grid(np.zeros((2, 28, 28)), {"a": np.zeros((3, 28, 28))})
   with pytest.raises(ValueError, match="percentile"):
     symmetric_limit(np.ones(3), percentile=0)
+
+
+def test_relu_rules_panels_draw_each_rules_backward_signal():
+  from saliency_guide.methods import deconv_relu, guided_relu
+  from saliency_guide.plotting import plot_relu_rules
+
+  rng = np.random.default_rng(1)
+  x, r = rng.normal(size=50).astype(np.float32), rng.normal(size=50).astype(np.float32)
+  x[0] = 0.0  # at the kink the unit counts as off
+  fig = plot_relu_rules({"gradient": jax.nn.relu, "deconvnet": deconv_relu,
+                         "guided": guided_relu}, x, r, positions=np.linspace(0, 1, 50))
+  drawn = [ax.lines[-1].get_ydata() for ax in fig.axes[2:]]
+  on = x > 0
+  np.testing.assert_array_equal(drawn[0], np.where(on, r, 0))  # gradient: R * 1[x > 0]
+  np.testing.assert_array_equal(drawn[1], np.maximum(r, 0))  # deconvnet: mask ignored
+  np.testing.assert_array_equal(drawn[2], np.where(on, np.maximum(r, 0), 0))  # both
+  np.testing.assert_array_equal(fig.axes[0].lines[-1].get_ydata(), x)
+  np.testing.assert_allclose(fig.axes[0].lines[-1].get_xdata(), np.linspace(0, 1, 50))
+  assert "guided" in fig.axes[4].get_title()
+
+
+def test_relu_rules_errors_name_the_argument():
+  from saliency_guide.plotting import plot_relu_rules
+
+  x = np.ones(5, np.float32)
+  with pytest.raises(ValueError, match="rules: expected a non-empty mapping"):
+    plot_relu_rules({}, x, x)
+  with pytest.raises(TypeError, match=r"rules\['a'\]: expected a ReLU"):
+    plot_relu_rules({"a": 3}, x, x)
+  with pytest.raises(ValueError, match="signal: expected 5 values"):
+    plot_relu_rules({"a": jax.nn.relu}, x, np.ones(4, np.float32))
+  with pytest.raises(ValueError, match="forward_input: expected a 1-D array"):
+    plot_relu_rules({"a": jax.nn.relu}, np.ones((2, 2), np.float32), x)
+  with pytest.raises(TypeError, match="forward_input: expected a 1-D float array"):
+    plot_relu_rules({"a": jax.nn.relu}, [1.0, 2.0], x)

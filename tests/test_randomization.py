@@ -14,12 +14,19 @@ What is pinned down:
   step to the next);
 * model_randomization: a model-independent "method" scores 1 at every step (the
   test flags it), the gradient does not; the method compiles once for all the
-  copies; batches give the maps of one call; data_randomization likewise;
+  copies; batches give the maps of one call; data_randomization likewise; the
+  result records its mode and its per-step mean ± s.e.;
+* randomization_verdict (the issue's "done when"): a map that ignores the weights
+  "fails" at every step of the cascading and the independent test; plain gradients
+  of a linear model and of an MLP, over 100 random images, "pass" once their weights
+  are re-drawn; the rule on constructed similarities (passes / fails / inconclusive at
+  the stated bounds, how a test's steps combine in each mode, NaN is inconclusive);
 * bad input raises errors naming the argument.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -363,3 +370,208 @@ def test_randomization_bad_input():
     metrics.data_randomization(gradient, model, "model", x, t)
   with pytest.raises(ValueError, match="targets"):
     metrics.data_randomization(gradient, model, model, x, jnp.array([0, 1]))
+
+
+def test_result_mode_and_stats():
+  model = MLP(hidden=(16,), rngs=nnx.Rngs(0))
+  x, t = images(5), jnp.arange(5)
+  for mode in metrics.RANDOMIZATION_MODES:
+    result = metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0), mode=mode)
+    assert result.mode == mode
+  data = metrics.data_randomization(gradient, model, MLP(hidden=(16,), rngs=nnx.Rngs(1)), x, t)
+  assert data.mode == "labels"
+  for field in metrics.Similarity._fields:
+    mean, sem = result.stats(field)
+    assert mean.shape == sem.shape == (2,)
+    expected = metrics.mean_and_sem(np.asarray(getattr(result.similarity, field)), axis=1)
+    np.testing.assert_array_equal(mean, expected[0])
+    np.testing.assert_array_equal(sem, expected[1])
+  np.testing.assert_array_equal(result.stats()[0], result.stats("abs_rank_correlation")[0])
+  with pytest.raises(ValueError, match="field: expected one of 'rank_correlation'"):
+    result.stats("spearman")
+
+
+# ---------------------------------------------------------------------------------------
+# The verdict.
+# ---------------------------------------------------------------------------------------
+
+
+def linear_model():
+  """A linear classifier: its logit gradient is a column of its weights, whatever the image."""
+  return MLP(hidden=(), rngs=nnx.Rngs(0))
+
+
+def copy_image(model, x, t):
+  return x  # an "explanation" that ignores the model
+
+
+def squared_edges(model, x, t):
+  """A fixed non-trivial function of the input alone (horizontal differences, squared)."""
+  return jnp.square(jnp.diff(x, axis=2, append=0.0))
+
+
+@pytest.mark.parametrize("method", [copy_image, squared_edges])
+@pytest.mark.parametrize("mode", ["cascading", "independent"])
+def test_a_map_that_ignores_the_weights_fails_at_every_step(method, mode):
+  model = MLP(hidden=(32, 16), rngs=nnx.Rngs(0))
+  x = images(100)
+  t = jnp.arange(100) % 10
+  result = metrics.model_randomization(method, model, x, t, key=jax.random.key(0), mode=mode)
+  verdict = metrics.randomization_verdict(result)
+  assert verdict.mode == mode
+  assert verdict.steps == ("head", "hidden/1", "hidden/0")
+  assert verdict.per_step == ("fails", "fails", "fails")
+  assert verdict.verdict == "fails"
+  for field in metrics.Similarity._fields:
+    assert metrics.randomization_verdict(result, field=field).verdict == "fails", field
+
+
+@pytest.mark.parametrize("mode", ["cascading", "independent"])
+def test_gradients_of_a_linear_model_decorrelate_when_its_weights_are_redrawn(mode):
+  model = linear_model()
+  x = images(100)
+  t = jnp.arange(100) % 10
+  result = metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0), mode=mode)
+  assert result.steps == ("head",)
+  # The map is the target's weight column, the re-drawn one is independent of it.
+  np.testing.assert_allclose(result.original[3], model.head.kernel[...][:, 3].reshape(28, 28),
+                             rtol=1e-6)
+  verdict = metrics.randomization_verdict(result)
+  assert verdict.per_step == ("passes",) and verdict.verdict == "passes"
+  assert abs(verdict.mean[0]) < 0.1  # independent Gaussian columns: rho ~ 0
+
+
+def test_gradients_of_an_mlp_pass_the_cascade():
+  model = MLP(hidden=(32, 16), rngs=nnx.Rngs(0))
+  x = images(100)
+  t = jnp.arange(100) % 10
+  result = metrics.model_randomization(gradient, model, x, t, key=jax.random.key(0))
+  verdict = metrics.randomization_verdict(result)
+  assert verdict.per_step[-1] == "passes"  # every layer re-drawn
+  assert verdict.verdict == "passes"
+  assert verdict.mean[-1] + 2 * verdict.sem[-1] < metrics.RANDOMIZATION_THRESHOLD
+
+
+def synthetic(*steps, mode="cascading"):
+  """A RandomizationResult whose every similarity field holds the given per-image values."""
+  values = jnp.asarray(np.array(steps, np.float32))
+  n_steps, n_images = values.shape
+  sim = metrics.Similarity(*([values] * len(metrics.Similarity._fields)))
+  names = ("labels",) if mode == "labels" else tuple(f"layer{k}" for k in range(n_steps))
+  zeros = jnp.zeros((n_images, 14, 14))
+  return metrics.RandomizationResult(steps=names, original=zeros,
+                                     maps=jnp.zeros((n_steps, n_images, 14, 14)),
+                                     similarity=sim, mode=mode)
+
+
+def values_with(mean, sem, n=100):
+  """n values of exactly this mean and standard error (half at mean - d, half at mean + d)."""
+  d = sem * np.sqrt(n - 1)  # sample variance n d^2 / (n - 1); s.e. sqrt(variance / n)
+  return [mean - d] * (n // 2) + [mean + d] * (n // 2)
+
+
+def test_the_rule_at_its_bounds():
+  # mean 0.4, s.e. 0.04: with z = 2 the interval [0.32, 0.48] is below 0.5 (passes); with
+  # z = 3 [0.28, 0.52] straddles it (inconclusive).
+  result = synthetic(values_with(0.4, 0.04))
+  mean, sem = result.stats()
+  np.testing.assert_allclose([mean[0], sem[0]], [0.4, 0.04], rtol=1e-5)
+  assert metrics.randomization_verdict(result).verdict == "passes"
+  assert metrics.randomization_verdict(result, z=3.0).verdict == "inconclusive"
+  assert metrics.randomization_verdict(result, threshold=0.3).verdict == "fails"
+  assert metrics.randomization_verdict(result, threshold=0.3, z=3.0).verdict == "inconclusive"
+  assert metrics.randomization_verdict(result, z=0.0).verdict == "passes"
+
+
+def test_inconclusive_when_the_interval_straddles_the_threshold():
+  # Half the digits at 0.2, half at 0.8: mean 0.5 +- 0.03, an interval around the threshold.
+  result = synthetic([0.2, 0.8] * 50)
+  verdict = metrics.randomization_verdict(result)
+  assert verdict.per_step == ("inconclusive",) and verdict.verdict == "inconclusive"
+  assert verdict.mean[0] - 2 * verdict.sem[0] < 0.5 < verdict.mean[0] + 2 * verdict.sem[0]
+
+
+def test_undefined_similarities_are_inconclusive():
+  nan = float("nan")
+  result = synthetic([nan] * 10, [0.1] + [nan] * 9, [0.1, 0.1] + [nan] * 8)
+  mean, sem = result.stats()
+  assert np.isnan(mean[0]) and np.isnan(sem[1]) and sem[2] == 0
+  assert metrics.randomization_verdict(result).per_step == (
+      "inconclusive", "inconclusive", "passes")
+
+
+PASS, FAIL, MID = [0.1, 0.12] * 50, [0.9, 0.92] * 50, [0.2, 0.8] * 50
+
+
+@pytest.mark.parametrize(
+    ("mode", "steps", "per_step", "verdict"),
+    [
+        # Cascading: the last step (every layer randomised) decides.
+        ("cascading", (FAIL, FAIL, PASS), ("fails", "fails", "passes"), "passes"),
+        ("cascading", (PASS, PASS, FAIL), ("passes", "passes", "fails"), "fails"),
+        ("cascading", (PASS, MID), ("passes", "inconclusive"), "inconclusive"),
+        # Independent: every layer must pass; any failure fails.
+        ("independent", (PASS, PASS, PASS), ("passes",) * 3, "passes"),
+        ("independent", (PASS, MID, PASS), ("passes", "inconclusive", "passes"), "inconclusive"),
+        ("independent", (PASS, MID, FAIL), ("passes", "inconclusive", "fails"), "fails"),
+        ("labels", (PASS,), ("passes",), "passes"),
+        ("labels", (FAIL,), ("fails",), "fails"),
+    ],
+)
+def test_how_steps_combine(mode, steps, per_step, verdict):
+  result = metrics.randomization_verdict(synthetic(*steps, mode=mode))
+  assert result.per_step == per_step
+  assert result.verdict == verdict
+  assert result.verdict in metrics.RANDOMIZATION_VERDICTS
+
+
+def test_the_rule_is_stated():
+  verdict = metrics.randomization_verdict(synthetic(PASS, PASS), field="hog", threshold=0.3, z=1.5)
+  assert (verdict.field, verdict.threshold, verdict.z) == ("hog", 0.3, 1.5)
+  assert verdict.rule.startswith("A step passes (the map changed) when the mean HOG similarity "
+                                 "over the 100 images plus 1.5 standard errors is below 0.3")
+  assert verdict.rule.endswith("the fully randomised model.")
+  rules = {mode: metrics.randomization_verdict(synthetic(PASS, mode=mode)).rule
+           for mode in ("cascading", "independent", "labels")}
+  assert "every layer passes" in rules["independent"]
+  assert "permuted labels" in rules["labels"]
+  assert metrics.RANDOMIZATION_THRESHOLD == 0.5
+  assert "0.5" in rules["cascading"]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"field": "spearman"}, ValueError, "field: expected one of"),
+        ({"threshold": 1.5}, ValueError, "threshold: expected a finite number > -1.0 and <= 1"),
+        ({"threshold": -1.0}, ValueError, "threshold"),
+        ({"threshold": float("nan")}, ValueError, "threshold"),
+        ({"threshold": "0.5"}, TypeError, "threshold"),
+        ({"z": -1.0}, ValueError, "z: expected a finite number >= 0.0"),
+        ({"z": float("inf")}, ValueError, "z: expected"),
+        ({"z": True}, TypeError, "z: expected"),
+    ],
+)
+def test_verdict_bad_options(options, error, match):
+  with pytest.raises(error, match=match):
+    metrics.randomization_verdict(synthetic(PASS), **options)
+
+
+def test_verdict_bad_result():
+  with pytest.raises(TypeError, match="result: expected a RandomizationResult"):
+    metrics.randomization_verdict({"steps": ()})
+  bad = dataclasses.replace(synthetic(PASS), mode="shuffled")
+  with pytest.raises(ValueError, match=r"result\.mode: expected one of"):
+    metrics.randomization_verdict(bad)
+
+
+def test_signed_rank_correlation_is_judged_on_both_tails():
+  """An inverted map survived the randomisation as much as an unchanged one."""
+  inverted = [-0.9, -0.92] * 50
+  assert metrics.randomization_verdict(synthetic(inverted)).verdict == "fails"
+  assert metrics.randomization_verdict(synthetic([-0.2, -0.8] * 50)).verdict == "inconclusive"
+  assert metrics.randomization_verdict(synthetic(PASS)).verdict == "passes"
+  # The absolute fields are judged on the upper tail only.
+  assert metrics.randomization_verdict(
+      synthetic(inverted), field="abs_rank_correlation").verdict == "passes"
+  assert "below −0.5" in metrics.randomization_verdict(synthetic(PASS)).rule

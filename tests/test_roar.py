@@ -14,6 +14,9 @@ the information. Pinned down:
 * fractions, repeats and the result's layout; ``remove_top_pixels`` replaces
   exactly round(t * H * W) pixels by the fill value;
 * the replacement value is the training images' mean (not 0);
+* with several retrainings, accuracy is reported as mean ± s.e. per fraction,
+  and the paired verdict (by retraining seed) says the oracle beats random;
+  with one retraining there is no uncertainty and no verdict;
 * bad configuration and input raise errors naming the field.
 """
 
@@ -46,6 +49,11 @@ def oracle(model, images, targets):
   """The patch, whatever the image: the pixels that hold the class."""
   mask = jnp.zeros(images.shape[1:3]).at[PATCH].set(1.0)
   return jnp.broadcast_to(mask, images.shape[:3])
+
+
+def reversed_oracle(model, images, targets):
+  """The patch last: its pixels are the least important."""
+  return -oracle(model, images, targets)
 
 
 def tiny_mlp(rngs):
@@ -151,6 +159,42 @@ def test_repeats_and_mean():
   assert out.accuracy["oracle"].shape == (2, 2)
   assert set(out.accuracy) == {"oracle"}
   np.testing.assert_allclose(out.mean()["oracle"], out.accuracy["oracle"].mean(axis=0))
+
+
+def test_stats_and_the_paired_verdict_against_random():
+  train_data, test_data = patch_data(192, 0), patch_data(128, 1)
+  config = dataclasses.replace(CONFIG, repeats=3)
+  out = metrics.roar(tiny_mlp(nnx.Rngs(0)), {"oracle": oracle, "reversed": reversed_oracle},
+                     train_data, test_data, config=config)
+  stats = out.stats()
+  assert set(stats) == {"oracle", "reversed", "random"}
+  for name, (mean, sem) in stats.items():
+    np.testing.assert_allclose(mean, out.accuracy[name].mean(axis=0))
+    np.testing.assert_allclose(sem[1:], out.accuracy[name][:, 1:].std(axis=0, ddof=1) / np.sqrt(3))
+  areas = out.areas()
+  np.testing.assert_allclose(
+      areas["oracle"], 0.5 * (out.accuracy["oracle"][:, 0] + out.accuracy["oracle"][:, 1])
+      * out.fractions[1])
+  verdict = out.compare_to_random("oracle")
+  assert verdict.verdict == "beats random", verdict
+  assert verdict.n == 3 and not verdict.higher_is_better
+  at = out.compare_to_random("oracle", fraction=16 / 784)
+  np.testing.assert_allclose(at.difference, np.mean(out.accuracy["oracle"][:, 1]
+                                                    - out.accuracy["random"][:, 1]))
+  assert at.verdict == "beats random"
+  # Removing the 16 least informative pixels first leaves the patch: no worse than random.
+  assert out.compare_to_random("reversed").verdict != "beats random"
+  with pytest.raises(ValueError, match="name: expected one of"):
+    out.compare_to_random("random")
+  with pytest.raises(ValueError, match="fraction: expected one of"):
+    out.compare_to_random("oracle", fraction=0.5)
+
+
+def test_one_retraining_has_no_uncertainty(result):
+  _, sem = result.stats()["oracle"]
+  assert np.isnan(sem).all()
+  with pytest.raises(ValueError, match="at least 2 retrainings"):
+    result.compare_to_random("oracle")
 
 
 def test_full_config():

@@ -105,3 +105,23 @@ def test_eval_data_is_measured_in_eval_mode_and_leaves_the_statistics_alone():
   assert models[1].bn.use_running_average is False  # still in training mode
   models[1].eval()
   assert result.eval_accuracy == accuracy(models[1], *held_out)
+
+
+def test_until_stops_the_training_after_the_epoch_it_returns_true():
+  rng = np.random.default_rng(0)
+  x = rng.random((64, 28, 28, 1), np.float32)
+  y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int32)
+  seen = []
+
+  def until(model, loss):
+    seen.append((model, loss))
+    return len(seen) == 3
+
+  model = MLP(hidden=(8,), rngs=nnx.Rngs(0))
+  result = train(model, x, y, progress=False, config=TrainConfig(epochs=10, batch_size=32),
+                 until=until)
+  assert len(result.losses) == 3 and len(seen) == 3
+  assert all(m is model for m, _ in seen)
+  assert [loss for _, loss in seen] == list(result.losses)
+  with pytest.raises(TypeError, match="until: expected a callable"):
+    train(model, x, y, progress=False, until=0.95)

@@ -1,4 +1,9 @@
-"""The pretrained-model cache: trains once, reloads, retrains on any change."""
+"""The pretrained-model cache: trains once, reloads, retrains on any change.
+
+Models on shuffled labels: trained on the first digits until they fit their permuted
+labels (or the cap on epochs, with a warning and a flag); the record says how far they
+got; the entries of models on true labels keep their cache keys.
+"""
 
 import dataclasses
 import json
@@ -43,12 +48,19 @@ def tiny_world(monkeypatch, tmp_path):
   monkeypatch.setattr(zoo, "train", counting_train)
   monkeypatch.setitem(
       zoo.MODEL_SPECS, "tiny",
-      zoo.ModelSpec(MLP, {"hidden": [16], "num_classes": 2}, TrainConfig(epochs=2, batch_size=32)),
+      zoo.ModelSpec(MLP, {"hidden": [16], "num_classes": 2}, TrainConfig(epochs=2, batch_size=32),
+                    memorization=TINY_MEMORIZATION),
   )
   monkeypatch.setenv(zoo.CACHE_ENV, str(tmp_path))
   monkeypatch.delenv(zoo.TRAIN_SPLIT_ENV, raising=False)
   monkeypatch.delenv(zoo.EVAL_SPLIT_ENV, raising=False)
   return calls, tmp_path
+
+
+TINY_MEMORIZATION = zoo.MemorizationRecipe(
+    train_size=96,
+    config=TrainConfig(epochs=200, batch_size=32, learning_rate=1e-2, weight_decay=0.0),
+)
 
 
 def _params(model):
@@ -102,8 +114,77 @@ def test_train_data_gives_the_labels_the_model_was_trained_on(tiny_world, shuffl
   clean = zoo.train_data("train")[1]
   np.testing.assert_array_equal(labels, calls["labels"])
   assert images.shape == (len(labels), 28, 28, 1)
+  if shuffle:  # the first train_size digits, their labels permuted
+    assert record.train_size == len(labels) == TINY_MEMORIZATION.train_size
+    np.testing.assert_array_equal(images, zoo.train_data("train")[0][: len(labels)])
+    clean = clean[: len(labels)]
+  else:
+    assert record.train_size == len(labels) == len(clean)
   assert (labels != clean).any() == shuffle
   np.testing.assert_array_equal(np.sort(labels), np.sort(clean))  # a permutation
+
+
+def test_shuffled_labels_are_trained_until_memorised(tiny_world):
+  calls, _ = tiny_world
+  record = zoo.pretrained("tiny", progress=False, shuffle_labels=True)
+  cap = TINY_MEMORIZATION.config.epochs
+  assert record.memorized is True and record.target_accuracy == 0.95
+  assert 1 <= record.epochs < cap  # stopped early, at the first epoch that fits
+  images, labels = record.train_data()
+  assert record.train_accuracy == zoo.accuracy(record.model, images, labels) >= 0.95
+  assert "fits its permuted labels" in record.describe()
+  assert f"after {record.epochs} epochs" in record.describe()
+  assert "first 96 digits" in record.describe()
+  again = zoo.pretrained("tiny", progress=False, shuffle_labels=True)  # the record travels
+  assert again.from_cache and calls["train"] == 1
+  assert (again.train_accuracy, again.epochs, again.memorized) == (
+      record.train_accuracy, record.epochs, True)
+  normal = zoo.pretrained("tiny", progress=False)
+  assert normal.memorized is normal.train_accuracy is normal.epochs is None
+  assert "permuted" not in normal.describe()
+
+
+def test_hitting_the_cap_without_memorising_is_flagged(tiny_world, monkeypatch):
+  spec = zoo.MODEL_SPECS["tiny"]
+  hopeless = dataclasses.replace(  # one epoch cannot reach 100 %
+      TINY_MEMORIZATION, config=dataclasses.replace(TINY_MEMORIZATION.config, epochs=1),
+      target_accuracy=1.0)
+  monkeypatch.setitem(zoo.MODEL_SPECS, "tiny", dataclasses.replace(spec, memorization=hopeless))
+  with pytest.warns(RuntimeWarning, match="has not memorised them"):
+    record = zoo.pretrained("tiny", progress=False, shuffle_labels=True)
+  assert record.memorized is False and record.epochs == 1 and record.train_accuracy < 1.0
+  assert "does NOT fit its permuted labels" in record.describe()
+  with pytest.warns(RuntimeWarning, match="after the cap of 1 epochs"):
+    again = zoo.pretrained("tiny", progress=False, shuffle_labels=True)  # loading warns too
+  assert again.from_cache and again.memorized is False
+
+
+def test_the_memorisation_recipe_is_in_the_key_of_shuffled_models_only(tiny_world, monkeypatch):
+  calls, _ = tiny_world
+  normal = json.loads((zoo.pretrained("tiny", progress=False).path / "record.json").read_text())
+  # The key fields of a model on true labels are what they were before shuffled models got
+  # their own recipe, so existing cache entries keep their folders.
+  assert set(normal["key_fields"]) == {
+      "format", "name", "model", "kwargs", "config", "train_split", "shuffle_labels", "data"}
+  assert normal["key_fields"]["config"]["epochs"] == 2
+  shuffled = zoo.pretrained("tiny", progress=False, shuffle_labels=True)
+  fields = json.loads((shuffled.path / "record.json").read_text())["key_fields"]
+  assert fields["memorization"] == {"train_size": 96, "target_accuracy": 0.95}
+  assert fields["config"]["epochs"] == TINY_MEMORIZATION.config.epochs
+  # Changing the recipe retrains the shuffled model, not the normal one.
+  spec = zoo.MODEL_SPECS["tiny"]
+  monkeypatch.setitem(zoo.MODEL_SPECS, "tiny", dataclasses.replace(
+      spec, memorization=dataclasses.replace(TINY_MEMORIZATION, train_size=64)))
+  assert not zoo.pretrained("tiny", progress=False, shuffle_labels=True).from_cache
+  assert zoo.pretrained("tiny", progress=False).from_cache
+  assert calls["train"] == 3
+
+
+def test_the_default_recipe_memorises_with_a_cap():
+  recipe = zoo.SHUFFLED_LABELS_RECIPE
+  assert recipe.target_accuracy == 0.95 and recipe.train_size == 1000
+  assert recipe.config.weight_decay == 0.0 and recipe.train_size % recipe.config.batch_size == 0
+  assert all(spec.memorization is recipe for spec in zoo.MODEL_SPECS.values())
 
 
 def test_changed_hyperparameters_retrain(tiny_world, monkeypatch):

@@ -2,7 +2,8 @@
 
 ``pretrain`` trains (or loads from the cache) the named models of
 :data:`saliency_guide.zoo.MODEL_SPECS`, all of them by default, and prints what
-each was trained and evaluated on. The docs build runs it once before executing
+each was trained and evaluated on (for a model on shuffled labels, also the
+training accuracy it reached on them). The docs build runs it once before executing
 the tutorials, so that no tutorial waits on training and no two notebooks train
 the same model.
 """
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
   pretrain.add_argument("names", nargs="*", metavar="NAME",
                         help=f"models to prepare (default: all of {sorted(zoo.MODEL_SPECS)})")
   pretrain.add_argument("--shuffled-labels", action="store_true",
-                        help="also prepare each model trained on shuffled labels")
+                        help="also prepare each model trained on shuffled labels until it "
+                             "fits them (zoo.SHUFFLED_LABELS_RECIPE)")
   args = parser.parse_args(argv)
   if args.command == "pretrain":
     unknown = sorted(set(args.names) - set(zoo.MODEL_SPECS))

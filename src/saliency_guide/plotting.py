@@ -3,10 +3,12 @@
 Conventions (the same on every page of the site):
 
 * A **signed** map uses the diverging colormap :data:`SIGNED_CMAP` centred on
-  zero with symmetric limits ``[-v, v]``: red pixels raise the explained logit,
-  blue pixels lower it, white pixels do not matter. Every signed panel has a
-  colourbar.
-* An **unsigned** map (a magnitude, or a CAM after its ReLU) uses
+  zero with symmetric limits ``[-v, v]``: red is positive, blue negative, white
+  zero. What the sign *means* belongs to the method and is said on its page
+  (for the gradient family it is the direction of the effect on the explained
+  logit; for Deconvolution and Guided Backpropagation it is not). Every signed
+  panel has a colourbar.
+* An **unsigned** map (a magnitude, or a Grad-CAM-style map after its ReLU) uses
   :data:`UNSIGNED_CMAP` from 0 to ``v``.
 * Panels compared in a column share one scale; ``v`` is a high percentile of
   ``|map|`` (99.5 % by default) rather than the maximum, so that one extreme
@@ -15,12 +17,16 @@ Conventions (the same on every page of the site):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from saliency_guide.validation import check_callable, check_positive_int, describe
 
 __all__ = [
     "SIGNED_CMAP",
@@ -28,6 +34,7 @@ __all__ = [
     "plot_attribution",
     "plot_gallery",
     "plot_grid",
+    "plot_relu_rules",
     "symmetric_limit",
 ]
 
@@ -65,6 +72,9 @@ def symmetric_limit(maps: np.ndarray, percentile: float = 99.5) -> float:
   Returns:
     A positive float (``1.0`` when the maps are all zero, so a colourbar still draws).
 
+  Raises:
+    ValueError: NaN or infinite maps, or ``percentile`` outside ``(0, 100]``.
+
   Example:
     >>> symmetric_limit(np.array([-4.0, 1.0, 2.0]), percentile=100)
     4.0
@@ -72,6 +82,9 @@ def symmetric_limit(maps: np.ndarray, percentile: float = 99.5) -> float:
   if not 0 < percentile <= 100:
     raise ValueError(f"percentile: expected a value in (0, 100], got {percentile}")
   values = np.abs(np.asarray(maps, np.float64)).ravel()
+  if not np.isfinite(values).all():
+    raise ValueError(f"maps: expected finite values, got {np.count_nonzero(~np.isfinite(values))}"
+                     f" NaN or infinite of {values.size}")
   limit = float(np.percentile(values, percentile)) if values.size else 0.0
   if limit <= 0:
     limit = float(values.max()) if values.size else 0.0
@@ -140,7 +153,7 @@ def _draw_map(ax: Axes, m: np.ndarray, v: float, signed: bool):
 def _colorbar(fig: Figure, im, ax: Axes | Sequence[Axes], signed: bool, label: str | None = None):
   bar = fig.colorbar(im, ax=ax, shrink=0.8, location="right")
   if label is None:
-    label = "red: raises logit · blue: lowers it" if signed else "attribution (≥ 0)"
+    label = "red > 0 · blue < 0" if signed else "attribution (≥ 0)"
   bar.set_label(label, fontsize=8)
   bar.ax.tick_params(labelsize=7)
   return bar
@@ -258,6 +271,7 @@ def plot_gallery(
   for name, m in panels.items():
     if m.shape != image.shape:
       raise ValueError(f"maps[{name!r}]: expected the image's shape {image.shape}, got {m.shape}")
+  columns = check_positive_int("columns", columns)
   count = len(panels) + 1
   rows = -(-count // columns)
   fig, axes = plt.subplots(rows, columns, figsize=(cell_size * columns, cell_size * rows + 0.5),
@@ -280,4 +294,99 @@ def plot_gallery(
     ax.set_axis_off()
   if title:
     fig.suptitle(title, fontsize=10)
+  return fig
+
+
+def _signal_1d(name: str, value: object, length: int | None = None) -> jax.Array:
+  """``value`` as a finite 1-D float array (of ``length`` if given), else a clear error."""
+  if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+    raise TypeError(f"{name}: expected a 1-D float array, got {describe(value)}")
+  array = jnp.asarray(value, jnp.float32)
+  if array.ndim != 1 or array.size < 2:
+    raise ValueError(f"{name}: expected a 1-D array of at least 2 values, got shape {array.shape}")
+  if length is not None and array.size != length:
+    raise ValueError(f"{name}: expected {length} values (as forward_input), got {array.size}")
+  if not bool(jnp.isfinite(array).all()):
+    raise ValueError(f"{name}: expected finite values, got NaN or Inf")
+  return array
+
+
+def plot_relu_rules(
+    rules: Mapping[str, Callable[[jax.Array], jax.Array]],
+    forward_input: jax.Array,
+    signal: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+) -> Figure:
+  r"""What ReLUs with different backward rules send below, on a 1-D signal.
+
+  A ReLU receives the forward input :math:`x` and, in the backward pass, a
+  signal :math:`R` from the layer above; it sends below the vector-Jacobian
+  product of its rule,
+
+  .. math:: R_\text{in} = \operatorname{vjp}_\text{rule}(x)(R),
+
+  which is :math:`R \cdot \mathbb{1}[x > 0]` for the ordinary ReLU and whatever
+  a ``jax.custom_vjp`` defines for the others (``methods.deconv_relu``:
+  :math:`\max(R, 0)`; ``methods.guided_relu``: :math:`\max(R, 0)\cdot
+  \mathbb{1}[x > 0]`). Each :math:`R_\text{in}` is computed with ``jax.vjp``.
+
+  The figure has one panel for :math:`x` (grey where the unit is on,
+  :math:`x > 0`, in every panel), one for :math:`R`, and one per rule, on a
+  shared horizontal axis.
+
+  Args:
+    rules: panel title -> a ReLU ``x -> max(x, 0)`` with its backward rule.
+    forward_input: ``(N,)`` the ReLU's forward input :math:`x`.
+    signal: ``(N,)`` the signal :math:`R` arriving from above.
+    positions: ``(N,)`` horizontal coordinates (default ``0 .. N-1``).
+
+  Returns:
+    The figure; panel ``2 + k`` draws :math:`R_\text{in}` of the ``k``-th rule.
+
+  Raises:
+    TypeError: a rule is not callable, or an input is not an array.
+    ValueError: no rules, or inputs that are not finite 1-D arrays of one length.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x, r = jnp.array([-1.0, 0.5, 2.0]), jnp.array([1.0, -1.0, 1.0])
+    >>> fig = plot_relu_rules({"gradient": jax.nn.relu}, x, r)
+    >>> fig.axes[2].lines[-1].get_ydata().tolist()  # R where the unit is on
+    [0.0, -1.0, 1.0]
+
+  References:
+    M. D. Zeiler, R. Fergus. *Visualizing and Understanding Convolutional
+    Networks.* ECCV 2014. arXiv:1311.2901. J. T. Springenberg, A. Dosovitskiy,
+    T. Brox, M. Riedmiller. *Striving for Simplicity: The All Convolutional Net.*
+    ICLR workshop 2015. arXiv:1412.6806.
+  """
+  if not isinstance(rules, Mapping) or not rules:
+    raise ValueError(f"rules: expected a non-empty mapping title -> ReLU, got {describe(rules)}")
+  for title, rule in rules.items():
+    check_callable(f"rules[{title!r}]", rule, "a ReLU x -> max(x, 0) with a backward rule")
+  x = _signal_1d("forward_input", forward_input)
+  r = _signal_1d("signal", signal, x.size)
+  t = np.arange(x.size) if positions is None else np.asarray(
+      _signal_1d("positions", positions, x.size))
+  sent = {title: np.asarray(jax.vjp(rule, x)[1](r)[0]) for title, rule in rules.items()}
+  x, r = np.asarray(x), np.asarray(r)
+
+  fig, axes = plt.subplots(2 + len(sent), 1, figsize=(7, 1.3 * (2 + len(sent))), sharex=True,
+                           layout="constrained")
+  top = 1.1 * max(float(np.abs(v).max()) for v in (x, r, *sent.values()))
+  for ax in axes:
+    ax.fill_between(t, -top, top, where=x > 0, color="0.92", step="mid", lw=0)
+    ax.axhline(0, color="0.5", lw=0.6)
+    ax.set_ylim(-top, top)
+  axes[0].plot(t, x, color="black")
+  axes[0].set_title("forward input $x$ of the ReLU (grey: unit on, $x > 0$)", fontsize=9)
+  axes[1].plot(t, r, color="tab:purple")
+  axes[1].set_title("signal $R$ arriving from above", fontsize=9)
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for k, (ax, (title, values)) in enumerate(zip(axes[2:], sent.items(), strict=True)):
+    ax.plot(t, values, color=colours[k % len(colours)])
+    ax.set_title(f"$R_\\mathrm{{in}}$ sent below, {title}", fontsize=9)
+  axes[-1].set_xlabel("position along the 1-D signal")
+  fig.supylabel("value", fontsize=9)
   return fig

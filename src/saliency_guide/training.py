@@ -13,6 +13,8 @@ import optax
 from flax import nnx
 from tqdm import tqdm  # plain bar: no ipywidgets needed in notebooks
 
+from saliency_guide.validation import check_callable
+
 __all__ = ["TrainConfig", "TrainResult", "accuracy", "predict", "train"]
 
 
@@ -41,7 +43,8 @@ class TrainResult:
   """What :func:`train` measured.
 
   Attributes:
-    losses: mean training loss of each epoch.
+    losses: mean training loss of each epoch run (fewer than ``config.epochs``
+      when ``until`` stopped the training early).
     eval_accuracy: accuracy on the evaluation set after training (``nan`` when
       no evaluation set was given).
     seconds: wall time of training, compilation included.
@@ -140,6 +143,7 @@ def train(
     eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    until: Callable[[nnx.Module, float], bool] | None = None,
 ) -> TrainResult:
   r"""Train ``model`` in place by minimising softmax cross-entropy with AdamW.
 
@@ -155,6 +159,12 @@ def train(
   :func:`saliency_guide.zoo.cached` does. ``eval_data`` is measured on an
   evaluation-mode copy, so it never reaches the running averages.
 
+  ``until`` stops the training early: it is called after each epoch with the
+  model and that epoch's mean loss, and the training ends after the first
+  epoch for which it returns ``True`` (the learning-rate schedule is still the
+  one of ``config.epochs``, which is then a cap). :func:`saliency_guide.zoo.pretrained`
+  uses it to train on permuted labels until the model fits them.
+
   Args:
     model: an NNX classifier returning logits; updated in place.
     images: ``(N, H, W, C)`` float32 training images.
@@ -164,9 +174,11 @@ def train(
       evaluation mode on a copy of the model).
     progress: show a tqdm progress bar.
     log: optional callable receiving one line per epoch.
+    until: optional ``until(model, epoch_loss) -> bool``, called after each
+      epoch; ``True`` ends the training.
 
   Returns:
-    A :class:`TrainResult`.
+    A :class:`TrainResult` (``len(result.losses)`` is the number of epochs run).
 
   Example:
     >>> import numpy as np
@@ -179,6 +191,11 @@ def train(
     ...                config=TrainConfig(epochs=2, batch_size=32))
     >>> len(result.losses)
     2
+    >>> stopped = train(MLP(rngs=nnx.Rngs(0)), x, y, progress=False,
+    ...                 config=TrainConfig(epochs=5, batch_size=32),
+    ...                 until=lambda model, loss: True)  # stop after the first epoch
+    >>> len(stopped.losses)
+    1
   """
   images = np.asarray(images, np.float32)
   labels = np.asarray(labels, np.int32)
@@ -186,6 +203,8 @@ def train(
     raise ValueError(f"images: expected shape (N, H, W, C), got {images.shape}")
   if labels.shape != (len(images),):
     raise ValueError(f"labels: expected shape ({len(images)},), got {labels.shape}")
+  if until is not None:
+    check_callable("until", until, "a callable until(model, epoch_loss) -> bool")
   steps_per_epoch = len(images) // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(
@@ -209,6 +228,8 @@ def train(
     bar.set_postfix(loss=f"{losses[-1]:.4f}")
     if log is not None:
       log(f"epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f}")
+    if until is not None and until(model, losses[-1]):
+      break
   bar.close()
   seconds = time.perf_counter() - start
   eval_accuracy = float("nan")

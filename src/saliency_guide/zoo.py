@@ -8,6 +8,10 @@ model name and its constructor arguments, the training hyper-parameters, the
 seed, the training split, whether labels were shuffled, and a fingerprint of the
 training data itself. Change any of them and the model is retrained.
 
+Models for the data-randomisation test (``shuffle_labels=True``) follow their
+own recipe (:data:`SHUFFLED_LABELS_RECIPE`): they are trained on permuted labels
+until they fit them, as in Adebayo et al. (2018).
+
 Cache location: ``$SALIENCY_GUIDE_CACHE``, else the platform's user cache
 folder (``~/.cache/saliency_guide`` on Linux). Files are a NumPy ``.npz`` of the
 model's state (parameters and BatchNorm statistics; no random-number state),
@@ -49,7 +53,9 @@ __all__ = [
     "CACHE_ENV",
     "EVAL_SPLIT_ENV",
     "MODEL_SPECS",
+    "SHUFFLED_LABELS_RECIPE",
     "TRAIN_SPLIT_ENV",
+    "MemorizationRecipe",
     "ModelSpec",
     "Pretrained",
     "cached",
@@ -66,6 +72,49 @@ _FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
+class MemorizationRecipe:
+  """How a model is trained on permuted labels until it fits them (data randomisation).
+
+  The model is trained on the first ``train_size`` digits of the training split
+  (all of them if the split is smaller), their labels randomly permuted, and
+  stops after the first epoch at whose end its accuracy on those permuted
+  labels (measured in evaluation mode) reaches ``target_accuracy``, or after
+  ``config.epochs`` epochs (the cap), whichever comes first.
+
+  Attributes:
+    train_size: digits to memorise (the first ones of the training split).
+    config: hyper-parameters; ``config.epochs`` is the cap (part of the cache key).
+    target_accuracy: training accuracy on the permuted labels that counts as fitted.
+  """
+
+  train_size: int
+  config: TrainConfig
+  target_accuracy: float = 0.95
+
+
+#: The recipe of every ``pretrained(name, shuffle_labels=True)`` model.
+#:
+#: Adebayo et al. (2018) compare the maps of a model with those of the same
+#: architecture trained on permuted labels *until it fits them* (≥ 95 % training
+#: accuracy): such a model has learnt nothing about digits, only a lookup table,
+#: so a map that still looks like the real model's does not reflect what was
+#: learnt. Trained with the normal recipe (6 epochs, weight decay) a GapCNN
+#: reaches only ~12 % on its own permuted labels: not that test.
+#:
+#: Fitting 8,000 random labels would take far longer than the docs build (2 CPU
+#: cores) can afford, so the model memorises the **first 1,000 digits** of the
+#: training split: with no weight decay, batches of 100 (every digit in every
+#: epoch) and a learning rate of 0.01 a GapCNN passes 95 % after about 40 epochs
+#: (~40,000 examples seen, less than one normal GapCNN training), and the cap of
+#: 100 epochs leaves room for slower machines and other seeds.
+SHUFFLED_LABELS_RECIPE = MemorizationRecipe(
+    train_size=1000,
+    config=TrainConfig(epochs=100, batch_size=100, learning_rate=1e-2, weight_decay=0.0),
+    target_accuracy=0.95,
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """How to build and train one named model.
 
@@ -73,11 +122,14 @@ class ModelSpec:
     constructor: the model class (called as ``constructor(**kwargs, rngs=...)``).
     kwargs: constructor arguments (JSON-serialisable; part of the cache key).
     config: training hyper-parameters (part of the cache key).
+    memorization: how the model is trained with ``shuffle_labels=True``
+      (default :data:`SHUFFLED_LABELS_RECIPE`; part of that model's cache key).
   """
 
   constructor: Callable[..., nnx.Module]
   kwargs: dict[str, Any]
   config: TrainConfig
+  memorization: MemorizationRecipe = SHUFFLED_LABELS_RECIPE
 
 
 #: The named models :func:`pretrained` knows. Hyper-parameters were chosen so
@@ -108,6 +160,19 @@ class Pretrained:
     shuffle_labels: whether the training labels were randomly permuted.
     seed: seed of the initialisation and of the data order.
     path: the cache entry's folder.
+    data_dir: the folder of MNIST files it was loaded from (``None``: the default).
+    train_size: number of digits trained on (the first ones of ``train_split``;
+      fewer than the split for a model trained on shuffled labels, see
+      :data:`SHUFFLED_LABELS_RECIPE`).
+    train_accuracy: accuracy on the labels it was trained on (the permuted ones),
+      measured after training; ``None`` for a model trained on true labels.
+    epochs: epochs trained (``None`` for a model trained on true labels: its
+      recipe's ``config.epochs``).
+    target_accuracy: the training accuracy that counts as having fitted the
+      permuted labels (``None`` for true labels).
+    memorized: whether ``train_accuracy >= target_accuracy``: the model fits its
+      permuted labels, as the data-randomisation test requires. ``False`` if
+      the cap on epochs was hit first (a warning says so); ``None`` for true labels.
   """
 
   model: nnx.Module
@@ -121,28 +186,45 @@ class Pretrained:
   seed: int
   path: Path
   data_dir: str | None = None
+  train_size: int | None = None
+  train_accuracy: float | None = None
+  epochs: int | None = None
+  target_accuracy: float | None = None
+  memorized: bool | None = None
 
   def train_data(self) -> tuple[np.ndarray, np.ndarray]:
     """The ``(images, labels)`` the model was trained on.
 
-    The images of :attr:`train_split`; the labels are that split's, randomly
-    permuted (reproducibly, from :attr:`seed`) when :attr:`shuffle_labels`.
+    The first :attr:`train_size` images of :attr:`train_split` (all of them for
+    a model trained on true labels); their labels, randomly permuted
+    (reproducibly, from :attr:`seed`) when :attr:`shuffle_labels`.
     """
     images, labels = data_lib.load_mnist(self.train_split, data_dir=self.data_dir)
-    return images, _shuffled(labels, self.seed) if self.shuffle_labels else labels
+    if self.shuffle_labels:
+      return _memorization_set(images, labels, self.train_size, self.seed)
+    return images, labels
 
   def eval_data(self) -> tuple[np.ndarray, np.ndarray]:
     """The ``(images, labels)`` of :attr:`eval_split`."""
     return data_lib.load_mnist(self.eval_split, data_dir=self.data_dir)
 
   def describe(self) -> str:
-    """One line saying what the model was trained and evaluated on."""
+    """One line saying what the model was trained and evaluated on.
+
+    For a model trained on shuffled labels it also says whether it fits them:
+    its training accuracy on the permuted labels and the epochs it took.
+    """
     source = "loaded from cache" if self.from_cache else f"trained in {self.train_seconds:.0f} s"
-    labels = ", shuffled labels" if self.shuffle_labels else ""
-    return (
+    labels = f" (first {self.train_size:,} digits), shuffled labels" if self.shuffle_labels else ""
+    line = (
         f"{self.name}: trained on MNIST '{self.train_split}'{labels} (seed {self.seed}), "
         f"{self.eval_accuracy:.2%} accuracy on '{self.eval_split}' ({source})"
     )
+    if self.memorized is not None:
+      fit = "fits its permuted labels" if self.memorized else "does NOT fit its permuted labels"
+      line += (f"; {fit}: {self.train_accuracy:.1%} training accuracy after {self.epochs} "
+               f"epochs (target {self.target_accuracy:.0%})")
+    return line
 
 
 def default_splits() -> tuple[str, str]:
@@ -179,6 +261,14 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
 def _shuffled(labels: np.ndarray, seed: int) -> np.ndarray:
   """The permuted labels of a data-randomisation model trained with ``seed``."""
   return np.random.default_rng(seed + 1).permutation(labels)
+
+
+def _memorization_set(
+    images: np.ndarray, labels: np.ndarray, train_size: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``train_size`` digits and their permuted labels (:class:`MemorizationRecipe`)."""
+  images, labels = images[:train_size], labels[:train_size]
+  return images, _shuffled(labels, seed)
 
 
 def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -243,14 +333,21 @@ def pretrained(
     train_split: MNIST split to train on (default :func:`default_splits`).
     eval_split: split to measure the accuracy on (default :func:`default_splits`).
     seed: seed of the initialisation and the data order.
-    shuffle_labels: train on randomly permuted labels (the "data randomisation"
-      sanity check of Adebayo et al., 2018); a separate cache entry.
+    shuffle_labels: train on randomly permuted labels until the model fits them
+      (the "data randomisation" sanity check of Adebayo et al., 2018), by the
+      spec's :class:`MemorizationRecipe` (default :data:`SHUFFLED_LABELS_RECIPE`:
+      the first 1,000 digits, until 95 % training accuracy on their permuted
+      labels); a separate cache entry. Check :attr:`Pretrained.memorized`.
     data_dir: folder of MNIST IDX files (see :func:`saliency_guide.data.load_mnist`).
     cache_dir: cache folder (default ``$SALIENCY_GUIDE_CACHE`` or the user cache).
     progress: show a progress bar while training.
 
   Returns:
     A :class:`Pretrained` record holding ``.model``.
+
+  Warns:
+    RuntimeWarning: with ``shuffle_labels=True``, when the model hit the cap on
+      epochs before fitting its permuted labels.
 
   Example:
     >>> record = pretrained("cnn")  # doctest: +SKIP
@@ -260,12 +357,13 @@ def pretrained(
   if name not in MODEL_SPECS:
     raise ValueError(f"name: expected one of {sorted(MODEL_SPECS)}, got {name!r}")
   spec = MODEL_SPECS[name]
-  config = dataclasses.replace(spec.config, seed=seed)
+  recipe = spec.memorization if shuffle_labels else None
+  config = dataclasses.replace(recipe.config if recipe else spec.config, seed=seed)
   train_split, eval_split = _splits(train_split, eval_split)
   data_dir = os.fspath(data_dir) if data_dir is not None else None
   images, labels = data_lib.load_mnist(train_split, data_dir=data_dir)
-  if shuffle_labels:
-    labels = _shuffled(labels, seed)
+  if recipe:
+    images, labels = _memorization_set(images, labels, recipe.train_size, seed)
   key_fields = {
       "format": _FORMAT_VERSION,
       "name": name,
@@ -276,14 +374,20 @@ def pretrained(
       "shuffle_labels": shuffle_labels,
       "data": _fingerprint(images, labels),
   }
+  if recipe:  # only here: the entries of models trained on true labels keep their keys
+    key_fields["memorization"] = {
+        "train_size": recipe.train_size, "target_accuracy": recipe.target_accuracy,
+    }
 
   def build() -> nnx.Module:
     return spec.constructor(**spec.kwargs, rngs=nnx.Rngs(seed))
 
+  caller = f"pretrained({name!r}{', shuffle_labels=True' if shuffle_labels else ''})"
   return _load_or_train(
-      f"pretrained({name!r})", name, build, key_fields, config, (images, labels),
+      caller, name, build, key_fields, config, (images, labels),
       train_split=train_split, eval_split=eval_split, shuffle_labels=shuffle_labels,
       data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+      target_accuracy=recipe.target_accuracy if recipe else None,
   )
 
 
@@ -434,8 +538,14 @@ def _load_or_train(
     data_dir: str | None,
     cache_dir: str | os.PathLike | None,
     progress: bool,
+    target_accuracy: float | None = None,
 ) -> Pretrained:
-  """Load the entry of ``key_fields`` from the cache, or train ``build()`` and save it."""
+  """Load the entry of ``key_fields`` from the cache, or train ``build()`` and save it.
+
+  With ``target_accuracy`` (a model on permuted labels) the training stops at the
+  first epoch whose training accuracy reaches it, and the record keeps that
+  accuracy, the epochs and whether the target was reached.
+  """
   key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
   entry = _cache_root(cache_dir) / f"{name}-{key}"
   seed = config.seed
@@ -454,12 +564,16 @@ def _load_or_train(
         eval_accuracy = float(record["eval_accuracy"])
       else:
         eval_accuracy = accuracy(model, eval_images, eval_labels)
-      return Pretrained(
+      fit = _fit_record(record, target_accuracy)
+      loaded = Pretrained(
           model=model, name=name, train_split=train_split, eval_split=eval_split,
           eval_accuracy=eval_accuracy,
           train_seconds=float(record["train_seconds"]), from_cache=True,
           shuffle_labels=shuffle_labels, seed=seed, path=entry, data_dir=data_dir,
+          train_size=len(train_set[0]), **fit,
       )
+      _warn_if_not_memorized(caller, loaded)
+      return loaded
     except (OSError, EOFError, ValueError, KeyError, TypeError, json.JSONDecodeError,
             zipfile.BadZipFile) as err:  # a damaged entry is rebuilt, never a crash
       warnings.warn(
@@ -471,24 +585,63 @@ def _load_or_train(
 
   model = build()
   model.train()  # BatchNorm: batch statistics, running averages updated; Dropout on
+  until = None
+  if target_accuracy is not None:
+    def until(model: nnx.Module, epoch_loss: float) -> bool:
+      evaluated = nnx.clone(model)  # evaluation mode on a copy, as train() measures
+      evaluated.eval()
+      return accuracy(evaluated, *train_set) >= target_accuracy
+
   start = time.perf_counter()
-  train(model, *train_set, config=config, progress=progress)
+  result = train(model, *train_set, config=config, progress=progress, until=until)
   seconds = time.perf_counter() - start
   model.eval()
   eval_accuracy = accuracy(model, eval_images, eval_labels)
-  _save(entry, model, {
+  record = {
       "key_fields": key_fields,
       "train_seconds": seconds,
       "eval_split": eval_split,
       "eval_fingerprint": _fingerprint(eval_images, eval_labels),
       "eval_accuracy": eval_accuracy,
       "jax": jax.__version__,
-  })
-  return Pretrained(
+  }
+  if target_accuracy is not None:
+    train_accuracy = accuracy(model, *train_set)
+    record.update(train_accuracy=train_accuracy, epochs=len(result.losses),
+                  target_accuracy=target_accuracy, memorized=train_accuracy >= target_accuracy)
+  _save(entry, model, record)
+  trained = Pretrained(
       model=model, name=name, train_split=train_split, eval_split=eval_split,
       eval_accuracy=eval_accuracy, train_seconds=seconds, from_cache=False,
       shuffle_labels=shuffle_labels, seed=seed, path=entry, data_dir=data_dir,
+      train_size=len(train_set[0]), **_fit_record(record, target_accuracy),
   )
+  _warn_if_not_memorized(caller, trained)
+  return trained
+
+
+def _fit_record(record: Mapping[str, Any], target_accuracy: float | None) -> dict[str, Any]:
+  """The memorisation fields of :class:`Pretrained` from a cache record (``None`` if none)."""
+  if target_accuracy is None:
+    return {}
+  return {
+      "train_accuracy": float(record["train_accuracy"]),
+      "epochs": int(record["epochs"]),
+      "target_accuracy": float(record["target_accuracy"]),
+      "memorized": bool(record["memorized"]),
+  }
+
+
+def _warn_if_not_memorized(caller: str, record: Pretrained) -> None:
+  if record.memorized is False:
+    warnings.warn(
+        f"{caller}: the model reached only {record.train_accuracy:.1%} training accuracy on "
+        f"its permuted labels after the cap of {record.epochs} epochs (target "
+        f"{record.target_accuracy:.0%}): it has not memorised them, and a data-randomisation "
+        "test with it is not the test of Adebayo et al. (2018).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _save(entry: Path, model: nnx.Module, record: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ share lives in private modules named for what they hold.
 from saliency_guide.methods._cores import Core as Core
 from saliency_guide.methods._cores import core as core
 from saliency_guide.methods._relu_rules import with_relu_rule as with_relu_rule
+from saliency_guide.methods._relu_rules import with_softplus as with_softplus
 from saliency_guide.methods.cam import cam as cam
 from saliency_guide.methods.deconvolution import deconv_relu as deconv_relu
 from saliency_guide.methods.deconvolution import deconvolution as deconvolution

@@ -16,6 +16,7 @@ model without a ReLU, is an error rather than a silent plain gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -28,7 +29,9 @@ import numpy as np
 from flax import nnx
 from jax.extend import core as jcore
 
-__all__ = ["ReluRuleModel", "apply_relu_rule", "replace_relus", "with_relu_rule"]
+from saliency_guide.validation import check_number
+
+__all__ = ["ReluRuleModel", "apply_relu_rule", "replace_relus", "with_relu_rule", "with_softplus"]
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -484,3 +487,77 @@ def with_relu_rule(model: nnx.Module, relu: Activation) -> ReluRuleModel:
         f"got {getattr(relu, '__name__', repr(relu))!s}"
     )
   return replace_relus(model, relu)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Softplus:
+  """``log(1 + exp(beta x)) / beta``; equal and hashed by ``beta`` (one compilation per beta)."""
+
+  beta: float
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jax.nn.softplus(self.beta * x) / self.beta
+
+
+def with_softplus(model: nnx.Module, beta: float) -> ReluRuleModel:
+  r"""``model`` with every ReLU replaced by a softplus of sharpness ``beta`` (β-smoothing).
+
+  Every ReLU of ``model`` (found as :func:`with_relu_rule` finds them) computes
+
+  .. math::
+
+     \mathrm{softplus}_\beta(x) = \frac1\beta \log\big(1 + e^{\beta x}\big),
+     \qquad
+     0 < \mathrm{softplus}_\beta(x) - \max(x, 0) \le \frac{\log 2}{\beta},
+
+  forward and backward: its derivative is the logistic sigmoid
+  :math:`\sigma(\beta x)` instead of the step :math:`\mathbb{1}[x > 0]`, and its
+  second derivative :math:`\beta\,\sigma(\beta x)\big(1 - \sigma(\beta x)\big)` is
+  non-zero everywhere instead of almost everywhere zero. As
+  :math:`\beta \to \infty` the smoothed model tends to ``model`` (its logits
+  within a multiple of :math:`\log 2 / \beta`). Dombrowski et al. (2019) explain
+  the smoothed model instead of the original one ("β-smoothing"): each unit's
+  slope :math:`\sigma(\beta x)` is its ReLU's gate averaged over logistic noise
+  of scale :math:`1/\beta`, a SmoothGrad inside the network, and the map is
+  harder to manipulate; and
+  they attack the original's maps through the smoothed model with a large
+  :math:`\beta`, whose maps have an input-derivative
+  (:func:`~saliency_guide.manipulation.manipulate`). ``model`` itself is not modified.
+
+  Args:
+    model: an ``nnx.Module`` with ReLUs (``jax.nn.relu``, ``nnx.relu``,
+      ``jnp.maximum(x, 0)``), as for :func:`with_relu_rule`.
+    beta: the sharpness :math:`\beta > 0`; large values approach the ReLU.
+
+  Returns:
+    An ``nnx.Module`` wrapping ``model``; call it like ``model``, or pass it to
+    any saliency method that explains the model through its forward pass
+    (not to a class-activation method, which needs ``model``'s layers, nor to
+    Deconvolution or Guided Backprop, which need its ReLUs).
+
+  Raises:
+    TypeError, ValueError: ``beta`` is not a finite number :math:`> 0`.
+    ValueError: when the result is called, as for :func:`with_relu_rule`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.a, self.b = nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.b(jax.nn.relu(self.a(x)))
+    >>> model, x = Net(nnx.Rngs(0)), jnp.ones((1, 3))
+    >>> smooth, sharp = with_softplus(model, 1.0), with_softplus(model, 1e4)
+    >>> bool(jnp.allclose(sharp(x), model(x), atol=1e-3))  # beta -> infinity: the model
+    True
+    >>> bool(jnp.allclose(smooth(x), model(x), atol=1e-3))
+    False
+
+  References:
+    A.-K. Dombrowski, M. Alber, C. J. Anders, M. Ackermann, K.-R. Müller,
+    P. Kessel. *Explanations can be manipulated and geometry is to blame.*
+    NeurIPS 2019. arXiv:1906.07983.
+  """
+  beta = check_number("beta", beta, hint=" (the softplus sharpness; large is close to the ReLU)")
+  return replace_relus(model, _Softplus(beta))

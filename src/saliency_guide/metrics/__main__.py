@@ -1,7 +1,9 @@
 """Command line: ``python -m saliency_guide.metrics roar [--full] [...]``.
 
 Runs ROAR (:func:`saliency_guide.metrics.roar`) for the pretrained model
-``--model`` and prints the test accuracy of every retrained model. Without
+``--model`` and prints the test accuracy of every retrained model (mean ±
+s.e. over the retrainings) and, with several repeats, each method's paired
+verdict against the random ranking. Without
 ``--full`` it uses the documentation build's configuration
 (:class:`~saliency_guide.metrics.ROARConfig` defaults); with ``--full`` the
 paper-sized one (:meth:`ROARConfig.full`: all the data of the configured
@@ -79,15 +81,33 @@ def _roar(args: argparse.Namespace) -> None:
       log=None if args.quiet else (lambda line: print(line, flush=True)),
   )
   print(f"done in {time.perf_counter() - start:.0f} s")
-  print("method".ljust(22) + "".join(f"{t:>8.0%}" for t in result.fractions))
-  for name, acc in result.mean().items():
-    print(name.ljust(22) + "".join(f"{a:8.3f}" for a in acc))
+  stats = result.stats()
+  several = config.repeats > 1
+  print("test accuracy" + (f", mean ± s.e. over {config.repeats} retrainings" if several else ""))
+  width = 16 if several else 8
+  print("method".ljust(22) + "".join(f"{t:>{width}.0%}" for t in result.fractions))
+  for name, (mean, sem) in stats.items():
+    cells = (f"{m:.3f} ± {e:.3f}" if several else f"{m:.3f}"
+             for m, e in zip(mean, sem, strict=True))
+    print(name.ljust(22) + "".join(f"{c:>{width}}" for c in cells))
+  verdicts = {}
+  if several and config.random_baseline:
+    print(f"\narea under the accuracy curve, paired by retraining: "
+          f"{metrics.comparison_rule()}")
+    for name in names:
+      comparison = result.compare_to_random(name)
+      verdicts[name] = comparison
+      print(f"{name.ljust(22)}{comparison}")
   if args.output:
     with open(args.output, "w") as f:
       json.dump({
           "model": record.describe(), "config": config.describe(),
           "fractions": result.fractions.tolist(),
           "accuracy": {n: a.tolist() for n, a in result.accuracy.items()},
+          "accuracy_mean_sem": {n: [m.tolist(), e.tolist()] for n, (m, e) in stats.items()},
+          "versus_random": {n: {"verdict": c.verdict, "difference": c.difference,
+                                "difference_sem": c.difference_sem}
+                            for n, c in verdicts.items()},
           "attribution_seconds": result.attribution_seconds,
           "retrain_seconds": result.retrain_seconds,
       }, f, indent=2, ensure_ascii=False)

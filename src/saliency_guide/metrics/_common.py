@@ -5,10 +5,15 @@ Saliency methods return two kinds of maps: per-feature maps ``(B, H, W, C)``
 CAM family). Every metric first reduces a map to one **score per pixel** by
 summing over channels (:func:`pixel_scores`): the total attribution a pixel
 receives. On MNIST (one channel) that is the map itself.
+
+A measurement is reported as mean ± standard error (:func:`mean_and_sem`), and a
+method is said to beat a random ranking only when its paired advantage exceeds
+``z`` standard errors (:func:`compare_to_random`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -16,7 +21,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["mean_and_sem", "pixel_scores", "rank_pixels"]
+from saliency_guide.validation import check_flag, check_number, describe
+
+__all__ = [
+    "COMPARISON_VERDICTS",
+    "RandomComparison",
+    "compare_to_random",
+    "comparison_rule",
+    "mean_and_sem",
+    "pixel_scores",
+    "rank_pixels",
+]
+
+COMPARISON_VERDICTS = ("beats random", "not distinguishable from random", "worse than random")
+"""The verdicts of :func:`compare_to_random`, best first."""
 
 
 def pixel_scores(attributions: jax.Array) -> jax.Array:
@@ -111,3 +129,162 @@ def mean_and_sem(values: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     sq = np.nansum((values - np.expand_dims(mean, axis)) ** 2, axis=axis)
     sem = np.sqrt(sq / (n * (n - 1)))
   return mean, np.where(n >= 2, sem, np.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomComparison:
+  """A method's paired comparison with a random ranking (:func:`compare_to_random`).
+
+  Attributes:
+    verdict: one of :data:`COMPARISON_VERDICTS`.
+    difference: mean over the pairs of (method − random), in the metric's units
+      (its sign is the metric's: for deletion AUC a negative difference is good).
+    difference_sem: standard error of ``difference``.
+    method_mean, method_sem: the method's mean and its standard error.
+    random_mean, random_sem: the random ranking's mean and its standard error.
+    n: number of pairs used (pairs with a NaN are left out).
+    higher_is_better: whether a higher value of the metric is better.
+    z: the number of standard errors the verdict requires.
+  """
+
+  verdict: str
+  difference: float
+  difference_sem: float
+  method_mean: float
+  method_sem: float
+  random_mean: float
+  random_sem: float
+  n: int
+  higher_is_better: bool
+  z: float
+
+  @property
+  def advantage(self) -> float:
+    """Mean improvement over random: ``difference``, negated when lower is better."""
+    return self.difference if self.higher_is_better else -self.difference
+
+  @property
+  def rule(self) -> str:
+    """The decision rule, in one sentence."""
+    return comparison_rule(self.z)
+
+  def describe(self, digits: int = 3) -> str:
+    """One line: both means ± s.e., the paired difference ± s.e., and the verdict."""
+    f = f".{digits}f"
+    return (f"{self.method_mean:{f}} ± {self.method_sem:{f}} vs random "
+            f"{self.random_mean:{f}} ± {self.random_sem:{f}}; paired difference "
+            f"{self.difference:+{f}} ± {self.difference_sem:{f}} (n = {self.n}, "
+            f"{'higher' if self.higher_is_better else 'lower'} is better): {self.verdict}")
+
+  def __str__(self) -> str:
+    return self.describe()
+
+
+def comparison_rule(z: float = 2.0) -> str:
+  """The decision rule of :func:`compare_to_random` for ``z`` standard errors, as a sentence.
+
+  Example:
+    >>> comparison_rule(2.0)[:60]
+    'Per pair (digit or retraining), d = method − random, signed '
+  """
+  return (f"Per pair (digit or retraining), d = method − random, signed so that d > 0 is "
+          f"better; a method 'beats random' when the mean of d exceeds {z:g} standard errors "
+          f"of that mean, is 'worse than random' when it is below −{z:g} standard errors, "
+          f"and is 'not distinguishable from random' otherwise.")
+
+
+def compare_to_random(
+    method_values: Any,
+    random_values: Any,
+    *,
+    higher_is_better: bool,
+    z: float = 2.0,
+) -> RandomComparison:
+  r"""Whether a method beats a random ranking, judged digit by digit with its uncertainty.
+
+  Both arrays hold one value per **pair**: the same digit scored with the
+  method's map and with a random ranking (deletion or insertion AUCs), or the
+  same retraining seed (ROAR). With :math:`d_i = a_i - r_i`, signed by
+  :math:`\sigma = +1` if higher is better and :math:`-1` otherwise,
+
+  .. math::
+
+     \bar g = \sigma\,\frac1n \sum_i d_i, \qquad
+     \mathrm{s.e.} = \sqrt{\frac{\sum_i (d_i - \bar d)^2}{n (n - 1)}},
+
+  the verdict is **"beats random"** if :math:`\bar g > z\,\mathrm{s.e.}`,
+  **"worse than random"** if :math:`\bar g < -z\,\mathrm{s.e.}`, and
+  **"not distinguishable from random"** otherwise. Pairing removes what the
+  two share (how hard a digit is), so the paired s.e. is usually much smaller
+  than either mean's. For :math:`n \gtrsim 30` pairs, :math:`z = 2` is about a
+  5 % two-sided false-alarm rate per comparison (normal approximation): among
+  many comparisons a few verdicts will be wrong, and a method within a few
+  standard errors of the threshold deserves more digits, not a verdict.
+
+  Args:
+    method_values: ``(n,)`` the method's values.
+    random_values: ``(n,)`` the random ranking's values on the same pairs.
+    higher_is_better: whether a higher value is better (for deletion and
+      insertion see :func:`~saliency_guide.metrics.higher_is_better`).
+    z: standard errors the mean advantage must exceed (default 2).
+
+  Returns:
+    :class:`RandomComparison` (``str()`` of it is a one-line report, ``.rule``
+    the rule as a sentence).
+
+  Raises:
+    TypeError, ValueError: arrays that are not 1-D of the same length, fewer
+      than 2 pairs without NaN, an infinite value, a non-boolean
+      ``higher_is_better`` or a ``z`` that is not a positive number.
+
+  Example:
+    >>> result = compare_to_random([0.30, 0.35, 0.28, 0.33], [0.50, 0.47, 0.52, 0.49],
+    ...                            higher_is_better=False)
+    >>> result.verdict, round(result.difference, 3)
+    ('beats random', -0.18)
+
+  References:
+    R. Tomsett, D. Harborne, S. Chakraborty, P. Gurram, A. Preece. *Sanity
+    Checks for Saliency Metrics.* AAAI 2020. arXiv:1912.01451 (why metric
+    rankings need their uncertainty).
+  """
+  check_flag("higher_is_better", higher_is_better)
+  z = check_number("z", z)
+  pairs = []
+  for name, values in (("method_values", method_values), ("random_values", random_values)):
+    try:
+      array = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+      raise TypeError(f"{name}: expected a 1-D array of numbers, got {describe(values)}") from None
+    if array.ndim != 1:
+      raise ValueError(f"{name}: expected a 1-D array (one value per pair), got shape "
+                       f"{array.shape}")
+    if np.isinf(array).any():
+      raise ValueError(f"{name}: expected finite values or NaN, got {int(np.isinf(array).sum())} "
+                       "infinite value(s)")
+    pairs.append(array)
+  method, random = pairs
+  if method.shape != random.shape:
+    raise ValueError(f"method_values, random_values: expected the same pairs, got "
+                     f"{method.shape[0]} and {random.shape[0]} values")
+  keep = ~(np.isnan(method) | np.isnan(random))
+  n = int(keep.sum())
+  if n < 2:
+    raise ValueError(f"method_values, random_values: expected at least 2 pairs without NaN "
+                     f"to estimate an uncertainty, got {n}")
+  method, random = method[keep], random[keep]
+  difference, difference_sem = (float(v) for v in mean_and_sem(method - random))
+  advantage = difference if higher_is_better else -difference
+  if advantage > z * difference_sem:
+    verdict = COMPARISON_VERDICTS[0]
+  elif advantage < -z * difference_sem:
+    verdict = COMPARISON_VERDICTS[2]
+  else:
+    verdict = COMPARISON_VERDICTS[1]
+  (method_mean, method_sem), (random_mean, random_sem) = (
+      (float(m), float(e)) for m, e in (mean_and_sem(method), mean_and_sem(random)))
+  return RandomComparison(
+      verdict=verdict, difference=difference, difference_sem=difference_sem,
+      method_mean=method_mean, method_sem=method_sem, random_mean=random_mean,
+      random_sem=random_sem, n=n, higher_is_better=higher_is_better, z=z,
+  )

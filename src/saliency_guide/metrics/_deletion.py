@@ -1,10 +1,17 @@
-r"""Deletion and insertion curves (Petsiuk et al., 2018) and their areas.
+r"""Deletion and insertion curves (Petsiuk et al., 2018), their areas, and the random baseline.
 
 A map ranks the pixels. **Deletion** replaces them by a *substrate*, most
 important first, and records the target-class probability after each step: a
 good ranking makes it collapse early, so a **low** area under the curve is
 good. **Insertion** starts from the substrate and puts the pixels back in the
 same order: the probability should rise early, a **high** area is good.
+Either curve can also take the pixels **least relevant first** (``order="lerf"``;
+the two orders as compared by Tomsett et al., 2020), which reverses which area
+is good (:func:`higher_is_better`); with one substrate, LeRF deletion is MoRF
+insertion read backwards (the same images). :func:`perturbation_curves` records
+the logit and the probability from one pass of the model, and
+:func:`~saliency_guide.metrics.compare_to_random` says, digit by digit and with
+its uncertainty, whether a map's areas beat those of a random ranking.
 
 All the steps of a batch are one compiled function: the perturbed images of
 every step are built from the pixel ranks with a comparison (``rank < n_k``)
@@ -46,13 +53,16 @@ from saliency_guide.validation import (
 )
 
 __all__ = [
+    "ORDERS",
     "SCORES",
     "SUBSTRATES",
     "Curves",
     "auc",
     "deletion",
+    "higher_is_better",
     "insertion",
     "make_substrate",
+    "perturbation_curves",
     "random_attributions",
 ]
 
@@ -61,6 +71,11 @@ SUBSTRATES = ("zeros", "blur", "mean")
 
 SCORES = ("probability", "logit")
 """What the curves record: the target-class softmax probability, or its logit."""
+
+ORDERS = ("morf", "lerf")
+"""The order pixels are taken in: most relevant first (Petsiuk et al.) or least relevant first."""
+
+CURVES = ("deletion", "insertion")
 
 _DEFAULT_BLUR_SIGMA = 3.0
 
@@ -98,6 +113,35 @@ def auc(fractions: jax.Array, scores: jax.Array) -> jax.Array:
   """
   widths = jnp.diff(fractions)
   return ((scores[..., 1:] + scores[..., :-1]) / 2 * widths).sum(axis=-1)
+
+
+def higher_is_better(curve: str, order: str = "morf") -> bool:
+  """Whether a **high** area under a ``curve`` taken in ``order`` marks a faithful map.
+
+  ======================  ==========================  =========================
+  curve                   ``"morf"`` (most first)     ``"lerf"`` (least first)
+  ======================  ==========================  =========================
+  ``"deletion"``          low is good: score falls    high is good: score stays
+  ``"insertion"``         high is good: score rises   low is good: score stays low
+  ======================  ==========================  =========================
+
+  Args:
+    curve: ``"deletion"`` or ``"insertion"``.
+    order: ``"morf"`` or ``"lerf"`` (see :data:`ORDERS`).
+
+  Returns:
+    ``True`` if a higher area is better.
+
+  Raises:
+    ValueError: an unknown curve or order.
+
+  Example:
+    >>> higher_is_better("deletion"), higher_is_better("deletion", "lerf")
+    (False, True)
+  """
+  check_choice("curve", curve, CURVES)
+  check_choice("order", order, ORDERS)
+  return (curve == "insertion") == (order == "morf")
 
 
 def _blur(images: jax.Array, sigma: float) -> jax.Array:
@@ -171,7 +215,9 @@ def _counts(pixels: int, steps: int) -> np.ndarray:
   return np.round(np.arange(steps + 1) * pixels / steps).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "insert", "score", "per_pass", "absolute"))
+@functools.partial(
+    jax.jit, static_argnames=("steps", "insert", "score_names", "per_pass", "absolute", "lerf")
+)
 def _curves(
     model: nnx.Module,
     images: jax.Array,
@@ -182,27 +228,41 @@ def _curves(
     *,
     steps: int,
     insert: bool,
-    score: str,
+    score_names: tuple[str, ...],
     per_pass: int,
     absolute: bool,
-) -> Curves:
-  """Jitted core of :func:`deletion` and :func:`insertion` on validated inputs."""
+    lerf: bool = False,
+) -> tuple[Curves, ...]:
+  """Jitted core of :func:`deletion` and :func:`insertion` on validated inputs.
+
+  One forward pass per perturbed image serves every score of ``score_names``.
+  """
   batch, height, width, _ = images.shape
+  if lerf:  # least relevant first: rank the negated scores (ties still broken by `key`)
+    scores = -(jnp.abs(scores) if absolute else scores)
+    absolute = False
   ranks = rank_pixels(scores, key, absolute=absolute)[..., None]  # (B, H, W, 1)
   counts = jnp.asarray(_counts(height * width, steps))
 
-  def one_step(count: jax.Array) -> jax.Array:
+  def one_step(count: jax.Array) -> tuple[jax.Array, ...]:
     taken = ranks < count  # the `count` most important pixels
     x = jnp.where(taken, images, fill) if insert else jnp.where(taken, fill, images)
-    if score == "logit":
-      return target_logits(model, x, targets)
-    log_p = jax.nn.log_softmax(model(x), axis=-1)
-    return jnp.exp(jnp.take_along_axis(log_p, targets[:, None], axis=1)[:, 0])
+    if score_names == ("logit",):
+      return (target_logits(model, x, targets),)
+    logits = model(x)
+    out = []
+    for name in score_names:
+      if name == "logit":
+        out.append(jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0])
+      else:
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        out.append(jnp.exp(jnp.take_along_axis(log_p, targets[:, None], axis=1)[:, 0]))
+    return tuple(out)
 
   values = jax.lax.map(one_step, counts, batch_size=max(1, min(steps + 1, per_pass // batch)))
-  values = values.T  # (B, S + 1)
   fractions = counts.astype(jnp.float32) / (height * width)
-  return Curves(fractions=fractions, scores=values, auc=auc(fractions, values))
+  return tuple(Curves(fractions=fractions, scores=v.T, auc=auc(fractions, v.T))  # (B, S + 1)
+               for v in values)
 
 
 def _run(
@@ -214,27 +274,104 @@ def _run(
     *,
     substrate: str | float | jax.Array,
     steps: int,
-    score: str,
+    score: str | tuple[str, ...],
     blur_sigma: float,
     absolute: bool,
     key: jax.Array | None,
     internal_batch_size: int,
-) -> Curves:
+    order: str,
+) -> tuple[Curves, ...]:
+  """Check the arguments once, then :func:`_curves` (one :class:`Curves` per score)."""
   images, targets = check_inputs(model, images, targets)
   scores = pixel_scores(check_maps("attributions", attributions, images))
   steps = check_positive_int("steps", steps)
   pixels = images.shape[1] * images.shape[2]
   if steps > pixels:
     raise ValueError(f"steps: expected at most the number of pixels ({pixels}), got {steps}")
-  check_choice("score", score, SCORES)
+  names = (score,) if isinstance(score, str) else score
+  if not isinstance(names, tuple | list) or not names:
+    raise TypeError(f"scores: expected a non-empty tuple of names from {SCORES}, got {score!r}")
+  for name in names:
+    check_choice("score", name, SCORES)
+  check_choice("order", order, ORDERS)
   per_pass = check_positive_int("internal_batch_size", internal_batch_size)
   check_flag("absolute", absolute)
   key = jax.random.key(0) if key is None else check_key(key)
   fill = make_substrate(images, substrate, blur_sigma=blur_sigma)
   return _curves(
       model, images, targets, scores, fill, key,
-      steps=steps, insert=insert, score=score, per_pass=per_pass, absolute=absolute,
+      steps=steps, insert=insert, score_names=tuple(names), per_pass=per_pass,
+      absolute=absolute, lerf=order == "lerf",
   )
+
+
+def perturbation_curves(
+    model: nnx.Module,
+    images: jax.Array,
+    targets: jax.Array,
+    attributions: jax.Array,
+    *,
+    curve: str = "deletion",
+    order: str = "morf",
+    scores: tuple[str, ...] = SCORES,
+    substrate: str | float | jax.Array = "blur",
+    steps: int = 28,
+    blur_sigma: float = _DEFAULT_BLUR_SIGMA,
+    absolute: bool = False,
+    key: jax.Array | None = None,
+    internal_batch_size: int = 2048,
+) -> dict[str, Curves]:
+  r"""Deletion or insertion curves of several scores at once, from one pass of the model.
+
+  :func:`deletion` (``curve="deletion"``) or :func:`insertion`
+  (``curve="insertion"``) for every score of ``scores``; each perturbed image
+  :math:`x^{(k)}` goes through the model once, and its logits give every score:
+  the target logit :math:`f_c(x^{(k)})` and its softmax probability
+  :math:`p_c(x^{(k)}) = e^{f_c} / \sum_j e^{f_j}`. The curves are those of
+  :func:`deletion`/:func:`insertion` with the same options.
+
+  Args:
+    model: a classifier returning logits.
+    images: ``(B, H, W, C)`` float images.
+    targets: ``(B,)`` the class whose score is tracked.
+    attributions: ``(B, H, W, C)`` or ``(B, H, W)`` maps of those targets.
+    curve: ``"deletion"`` or ``"insertion"``.
+    order: ``"morf"`` or ``"lerf"`` (:data:`ORDERS`).
+    scores: names from :data:`SCORES`.
+    substrate, steps, blur_sigma, absolute, key, internal_batch_size: as for
+      :func:`deletion`.
+
+  Returns:
+    score name -> :class:`Curves`.
+
+  Raises:
+    TypeError, ValueError: as :func:`deletion`, or an unknown ``curve``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from saliency_guide.models import MLP
+    >>> model = MLP(hidden=(16,), rngs=nnx.Rngs(0))
+    >>> x = jnp.linspace(0, 1, 2 * 784).reshape(2, 28, 28, 1)
+    >>> both = perturbation_curves(model, x, jnp.array([3, 7]), x, steps=4)
+    >>> sorted(both), both["logit"].scores.shape
+    (['logit', 'probability'], (2, 5))
+
+  References:
+    V. Petsiuk, A. Das, K. Saenko. *RISE: Randomized Input Sampling for
+    Explanation of Black-box Models.* BMVC 2018. arXiv:1806.07421.
+  """
+  check_choice("curve", curve, CURVES)
+  names = (scores,) if isinstance(scores, str) else scores
+  if not isinstance(names, tuple | list) or not names:
+    raise TypeError(f"scores: expected a non-empty tuple of names from {SCORES}, got {scores!r}")
+  names = tuple(dict.fromkeys(names))
+  out = _run(
+      curve == "insertion", model, images, targets, attributions, substrate=substrate,
+      steps=steps, score=names, blur_sigma=blur_sigma, absolute=absolute, key=key,
+      internal_batch_size=internal_batch_size, order=order,
+  )
+  return dict(zip(names, out, strict=True))
 
 
 def deletion(
@@ -250,6 +387,7 @@ def deletion(
     absolute: bool = False,
     key: jax.Array | None = None,
     internal_batch_size: int = 2048,
+    order: str = "morf",
 ) -> Curves:
   r"""Deletion curves: the class probability as the top-ranked pixels are removed.
 
@@ -268,8 +406,14 @@ def deletion(
   :func:`~saliency_guide.metrics.pixel_scores`), :math:`p_c` the softmax
   probability of the target class and the integral taken by the trapezoid rule
   over :math:`t = n_k / HW`. **Lower is better**: a faithful map removes the
-  evidence first. Compare with :func:`random_attributions`, and beware the
+  evidence first. Compare with :func:`random_attributions`
+  (:func:`~saliency_guide.metrics.compare_to_random`), and beware the
   ``"zeros"`` substrate on MNIST (module notes).
+
+  With ``order="lerf"`` the pixels go **least relevant first**: the ranks are
+  those of :math:`-s`, so the curve is exactly the MoRF curve of the negated
+  map, and a faithful map keeps the score **high** (higher is better; see
+  :func:`higher_is_better`).
 
   Args:
     model: a classifier returning logits.
@@ -285,13 +429,15 @@ def deletion(
     key: PRNG key that breaks ties between equal scores at random (default
       ``jax.random.key(0)``: results are reproducible).
     internal_batch_size: perturbed images per forward pass.
+    order: ``"morf"`` (most relevant first, as Petsiuk et al.) or ``"lerf"``
+      (least relevant first).
 
   Returns:
     :class:`Curves` with ``fractions (S + 1,)``, ``scores (B, S + 1)``, ``auc (B,)``.
 
   Raises:
     TypeError, ValueError: bad images, targets, maps (shape, NaN), substrate,
-      steps, score or key.
+      steps, score, order or key.
 
   Example:
     >>> import jax.numpy as jnp
@@ -306,12 +452,16 @@ def deletion(
   References:
     V. Petsiuk, A. Das, K. Saenko. *RISE: Randomized Input Sampling for
     Explanation of Black-box Models.* BMVC 2018. arXiv:1806.07421.
+
+    R. Tomsett, D. Harborne, S. Chakraborty, P. Gurram, A. Preece. *Sanity
+    Checks for Saliency Metrics.* AAAI 2020. arXiv:1912.01451 (MoRF and LeRF).
   """
+  check_choice("score", score, SCORES)
   return _run(
       False, model, images, targets, attributions, substrate=substrate, steps=steps,
       score=score, blur_sigma=blur_sigma, absolute=absolute, key=key,
-      internal_batch_size=internal_batch_size,
-  )
+      internal_batch_size=internal_batch_size, order=order,
+  )[0]
 
 
 def insertion(
@@ -327,6 +477,7 @@ def insertion(
     absolute: bool = False,
     key: jax.Array | None = None,
     internal_batch_size: int = 2048,
+    order: str = "morf",
 ) -> Curves:
   r"""Insertion curves: the class probability as the top-ranked pixels are put back.
 
@@ -339,9 +490,10 @@ def insertion(
      x^{(k)} = m^{(k)} \odot x + (1 - m^{(k)}) \odot \tilde x, \qquad
      \mathrm{AUC} = \int_0^1 p_c\big(x^{(t)}\big)\, dt,
 
-  with the same masks :math:`m^{(k)}`. **Higher is better**. Step :math:`k`
-  of insertion and step :math:`S - k` of deletion with the *reversed* ranking
-  are the same image.
+  with the same masks :math:`m^{(k)}`. **Higher is better** (lower with
+  ``order="lerf"``, which inserts the least relevant pixels first: the MoRF
+  curve of the negated map). Step :math:`k` of insertion and step
+  :math:`S - k` of deletion with the *reversed* ranking are the same image.
 
   Args:
     model: a classifier returning logits.
@@ -356,6 +508,7 @@ def insertion(
     absolute: rank pixels by :math:`|s|`.
     key: PRNG key breaking ties (default ``jax.random.key(0)``).
     internal_batch_size: perturbed images per forward pass.
+    order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
 
   Returns:
     :class:`Curves` with ``fractions (S + 1,)``, ``scores (B, S + 1)``, ``auc (B,)``.
@@ -377,9 +530,13 @@ def insertion(
   References:
     V. Petsiuk, A. Das, K. Saenko. *RISE: Randomized Input Sampling for
     Explanation of Black-box Models.* BMVC 2018. arXiv:1806.07421.
+
+    R. Tomsett, D. Harborne, S. Chakraborty, P. Gurram, A. Preece. *Sanity
+    Checks for Saliency Metrics.* AAAI 2020. arXiv:1912.01451 (MoRF and LeRF).
   """
+  check_choice("score", score, SCORES)
   return _run(
       True, model, images, targets, attributions, substrate=substrate, steps=steps,
       score=score, blur_sigma=blur_sigma, absolute=absolute, key=key,
-      internal_batch_size=internal_batch_size,
-  )
+      internal_batch_size=internal_batch_size, order=order,
+  )[0]

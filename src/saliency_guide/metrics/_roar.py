@@ -49,7 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from saliency_guide.metrics._common import pixel_scores, rank_pixels
+from saliency_guide.metrics._common import (
+    RandomComparison,
+    compare_to_random,
+    mean_and_sem,
+    pixel_scores,
+    rank_pixels,
+)
+from saliency_guide.metrics._deletion import auc
 from saliency_guide.scale import explain_dataset
 from saliency_guide.training import TrainConfig, accuracy, train
 from saliency_guide.validation import (
@@ -218,6 +225,8 @@ class ROARResult:
     fractions: ``(T,)`` fractions removed, starting with 0.
     accuracy: method name -> ``(repeats, T)`` test accuracies (the random
       baseline is under ``"random"``); column 0 (nothing removed) is shared.
+      Row :math:`r` of every method was retrained with the same seed, so rows
+      pair up across methods (:meth:`compare_to_random`).
     fill_value: the replacement value used (NaN for ``fill="mask"``).
     attribution_seconds: method name -> wall time of its maps (train + test images).
     retrain_seconds: total wall time of the retraining.
@@ -234,6 +243,69 @@ class ROARResult:
   def mean(self) -> dict[str, np.ndarray]:
     """Method name -> ``(T,)`` accuracy averaged over repeats."""
     return {name: acc.mean(axis=0) for name, acc in self.accuracy.items()}
+
+  def stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Method name -> ``(mean (T,), sem (T,))``: accuracy over the repeats ± its standard error.
+
+    The standard error is over the ``config.repeats`` retrainings (NaN with a
+    single repeat): it measures how much the retraining itself varies.
+    """
+    return {name: mean_and_sem(acc) for name, acc in self.accuracy.items()}
+
+  def areas(self) -> dict[str, np.ndarray]:
+    r"""Method name -> ``(repeats,)`` area under each accuracy curve: lower is better.
+
+    :math:`\int \mathrm{Acc}(t)\,dt` by the trapezoid rule over :attr:`fractions`
+    (a constant accuracy :math:`a` has area :math:`a\,t_{\max}`), one number
+    per retraining.
+    """
+    return {name: np.asarray(auc(jnp.asarray(self.fractions), jnp.asarray(acc)))
+            for name, acc in self.accuracy.items()}
+
+  def compare_to_random(self, name: str, *, fraction: float | None = None,
+                        z: float = 2.0) -> RandomComparison:
+    """Whether ``name``'s ranking removes information faster than a random ranking does.
+
+    The pairs are the retrainings: repeat :math:`r` of a method and of the
+    random ranking share the seed ``config.seed + r``.
+    :func:`~saliency_guide.metrics.compare_to_random` is applied to the areas
+    under the accuracy curves (:meth:`areas`), or to the accuracies at one
+    ``fraction``, **lower being better**: "beats random" when the method's
+    accuracy is lower than random's by more than ``z`` standard errors of the
+    paired difference.
+
+    Args:
+      name: a method of :attr:`accuracy` (not ``"random"``).
+      fraction: compare the accuracies at this fraction (one of
+        :attr:`fractions`) instead of the areas.
+      z: standard errors the difference must exceed.
+
+    Returns:
+      :class:`~saliency_guide.metrics.RandomComparison`.
+
+    Raises:
+      ValueError: an unknown name or fraction, no random baseline, or a single
+        repeat (no uncertainty).
+    """
+    if RANDOM not in self.accuracy:
+      raise ValueError("compare_to_random: this result has no random baseline "
+                       "(ROARConfig(random_baseline=True))")
+    if name == RANDOM or name not in self.accuracy:
+      raise ValueError(f"name: expected one of {sorted(set(self.accuracy) - {RANDOM})}, "
+                       f"got {name!r}")
+    if self.config.repeats < 2:
+      raise ValueError(f"compare_to_random: expected at least 2 retrainings per point to "
+                       f"estimate an uncertainty, got repeats={self.config.repeats} "
+                       "(ROARConfig(repeats=...))")
+    if fraction is None:
+      areas = self.areas()
+      method, random = areas[name], areas[RANDOM]
+    else:
+      hits = np.flatnonzero(np.isclose(self.fractions, fraction))
+      if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not hits.size:
+        raise ValueError(f"fraction: expected one of {self.fractions.tolist()}, got {fraction!r}")
+      method, random = self.accuracy[name][:, hits[0]], self.accuracy[RANDOM][:, hits[0]]
+    return compare_to_random(method, random, higher_is_better=False, z=z)
 
 
 @jax.jit
