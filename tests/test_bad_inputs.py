@@ -179,10 +179,6 @@ def method_battery(method: Callable[..., Any], model: Callable[[], nnx.Module] =
   ]
 
 
-ZOO_LATE = (
-    "not checked before the data is loaded: the error is about the missing MNIST files, "
-    "not the bad option")
-
 def layer_cases(method: Callable[..., Any]) -> list[Bad]:
   """The bad ``layer`` / ``upsample`` options of the CAM family."""
   return [
@@ -419,15 +415,13 @@ CASES: dict[str, list[Bad]] = {
         Bad("relu not callable", lambda: methods.with_relu_rule(mlp(), "guided"), TypeError,
             "relu"),
         Bad("model not a module", lambda: methods.with_relu_rule("cnn", methods.guided_relu),
-            TypeError, "model", xfail="accepted silently: returns a ReluRuleModel wrapping "
-                                       "the string; the error comes at the first call"),
+            TypeError, "model"),
     ],
     "methods.with_softplus": [
         Bad("beta 0", lambda: methods.with_softplus(mlp(), 0.0), ValueError, "beta"),
         Bad("beta negative", lambda: methods.with_softplus(mlp(), -1.0), ValueError, "beta"),
         Bad("model not a module", lambda: methods.with_softplus("cnn", 1.0), TypeError,
-            "model", xfail="accepted silently: returns a ReluRuleModel wrapping the string; "
-                           "the error comes at the first call"),
+            "model"),
     ],
     # ---------------------------------------------------------------- metrics
     "metrics.pixel_scores": [
@@ -435,9 +429,7 @@ CASES: dict[str, list[Bad]] = {
             "attributions"),
     ],
     "metrics.rank_pixels": [
-        Bad("scores rank 4", lambda: metrics.rank_pixels(x(), key()), ValueError, "scores",
-            xfail="accepted silently: (B, H, W, C) scores are ranked over H·W·C entries "
-                  "instead of the documented (B, H, W)"),
+        Bad("scores rank 4", lambda: metrics.rank_pixels(x(), key()), ValueError, "scores"),
         Bad("key an int", lambda: metrics.rank_pixels(x()[..., 0], 0), TypeError, "key"),
     ],
     "metrics.mean_and_sem": [
@@ -458,8 +450,7 @@ CASES: dict[str, list[Bad]] = {
             TypeError, "higher_is_better"),
     ],
     "metrics.comparison_rule": [
-        Bad("z negative", lambda: metrics.comparison_rule(-1.0), ValueError, "z",
-            xfail="accepted silently: the rule text is written for z = -1"),
+        Bad("z negative", lambda: metrics.comparison_rule(-1.0), ValueError, "z"),
     ],
     "metrics.higher_is_better": [
         Bad("curve unknown", lambda: metrics.higher_is_better("area"), ValueError, "curve"),
@@ -484,8 +475,7 @@ CASES: dict[str, list[Bad]] = {
     "metrics.auc": [
         Bad("fractions and scores of different lengths",
             lambda: metrics.auc(np.linspace(0, 1, 5), np.zeros((3, 4))), ValueError,
-            "scores", xfail="JAX's 'Incompatible shapes for broadcasting' without naming "
-                            "`fractions` or `scores`"),
+            "scores"),
     ],
     "metrics.make_substrate": [
         Bad("substrate unknown", lambda: metrics.make_substrate(x(), "noise"), ValueError,
@@ -493,13 +483,12 @@ CASES: dict[str, list[Bad]] = {
         Bad("blur_sigma 0", lambda: metrics.make_substrate(x(), "blur", blur_sigma=0.0),
             ValueError, "blur_sigma"),
         Bad("images rank 3", lambda: metrics.make_substrate(x()[..., 0]), ValueError,
-            "images", xfail="accepted silently: rank-3 images are blurred as (B, H, W) "
-                            "without a check"),
+            "images"),
     ],
     "metrics.random_attributions": [
         Bad("key an int", lambda: metrics.random_attributions(0, x()), TypeError, "key"),
         Bad("images rank 3", lambda: metrics.random_attributions(key(), x()[..., 0]),
-            ValueError, "images", xfail="accepted silently: returns random maps of any shape"),
+            ValueError, "images"),
     ],
     "metrics.deletion": [
         Bad("attributions wrong shape", lambda: metrics.deletion(mlp(), x(), t(), x()[:2]),
@@ -641,7 +630,7 @@ CASES: dict[str, list[Bad]] = {
             "attributions"),
         Bad("fill NaN",
             lambda: metrics.remove_top_pixels(x(), x(), 0.5, fill=float("nan")), ValueError,
-            "fill", xfail="accepted silently: the removed pixels become NaN"),
+            "fill"),
     ],
     # A ROARConfig is checked where it is used, by roar (before any work).
     "metrics.ROARConfig": [
@@ -826,24 +815,21 @@ CASES: dict[str, list[Bad]] = {
         Bad("name unknown", offline(lambda: zoo.pretrained("vgg")), ValueError, "name"),
         Bad("train_split unknown", offline(lambda: zoo.pretrained("cnn", train_split="valid")),
             ValueError, "split"),
-        Bad("seed a string", offline(lambda: zoo.pretrained("cnn", seed="0")), TypeError, "seed",
-            xfail=ZOO_LATE),
+        Bad("seed a string", offline(lambda: zoo.pretrained("cnn", seed="0")), TypeError, "seed"),
         Bad("shuffle_labels not a flag",
             offline(lambda: zoo.pretrained("cnn", shuffle_labels="yes")), TypeError,
-            "shuffle_labels", xfail=ZOO_LATE),
+            "shuffle_labels"),
     ],
     "zoo.cached": [
         Bad("constructor not callable", offline(lambda: zoo.cached("mine", "MLP")),
             (TypeError, ValueError), "constructor"),
         Bad("kwargs not a mapping", offline(lambda: zoo.cached("mine", MLP, [("hidden", (4,))])),
-            TypeError, "kwargs", xfail=ZOO_LATE),
+            TypeError, "kwargs"),
     ],
     "zoo.default_splits": [
         Bad("train split environment variable unknown",
             with_env(zoo.default_splits, SALIENCY_GUIDE_TRAIN_SPLIT="valid"), ValueError,
-            "SALIENCY_GUIDE_TRAIN_SPLIT",
-            xfail="accepted silently: the variable's value is returned unchecked; the error "
-                  "comes later, from load_mnist, naming the split but not the variable"),
+            "SALIENCY_GUIDE_TRAIN_SPLIT"),
     ],
     "zoo.train_data": [
         Bad("split unknown", offline(lambda: zoo.train_data("valid")), ValueError, "split"),

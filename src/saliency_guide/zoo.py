@@ -48,6 +48,7 @@ from flax import nnx
 from saliency_guide import data as data_lib
 from saliency_guide.models import CNN, MLP, GapCNN
 from saliency_guide.training import TrainConfig, accuracy, train
+from saliency_guide.validation import check_flag, describe
 
 __all__ = [
     "CACHE_ENV",
@@ -230,16 +231,40 @@ class Pretrained:
 def default_splits() -> tuple[str, str]:
   """``(train_split, eval_split)`` from the environment, defaulting to ``("train", "test")``.
 
+  The variables ``SALIENCY_GUIDE_TRAIN_SPLIT`` and ``SALIENCY_GUIDE_EVAL_SPLIT``
+  (:data:`TRAIN_SPLIT_ENV`, :data:`EVAL_SPLIT_ENV`), when set, must hold a split
+  :func:`~saliency_guide.data.load_mnist` accepts (e.g. ``"test[:8000]"``).
+
+  Returns:
+    ``(train_split, eval_split)``, two split specs.
+
+  Raises:
+    ValueError: a variable holds an invalid split; the message names the variable.
+
   Example:
     >>> import os
     >>> os.environ.get("SALIENCY_GUIDE_TRAIN_SPLIT") is None and default_splits()[0] == "train" \
         or default_splits()[0] == os.environ["SALIENCY_GUIDE_TRAIN_SPLIT"]
     True
   """
-  return (
-      os.environ.get(TRAIN_SPLIT_ENV) or "train",
-      os.environ.get(EVAL_SPLIT_ENV) or "test",
-  )
+  splits = []
+  for variable, default in ((TRAIN_SPLIT_ENV, "train"), (EVAL_SPLIT_ENV, "test")):
+    value = os.environ.get(variable)
+    if value:
+      try:
+        data_lib._resolve_split(value)  # the parser load_mnist uses
+      except ValueError as err:
+        raise ValueError(f"{variable}: the environment variable holds an invalid MNIST "
+                         f"split {value!r}: {err}") from None
+    splits.append(value or default)
+  return splits[0], splits[1]
+
+
+def _check_seed(seed: Any) -> int:
+  """``seed`` if it is an integer, else a ``TypeError`` naming ``seed``."""
+  if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+    raise TypeError(f"seed: expected an integer, got {describe(seed)}")
+  return seed
 
 
 def train_data(split: str | None = None, *, data_dir: str | None = None):
@@ -345,6 +370,11 @@ def pretrained(
   Returns:
     A :class:`Pretrained` record holding ``.model``.
 
+  Raises:
+    TypeError: a ``seed`` that is not an integer, a ``shuffle_labels`` that is
+      not a bool (both checked before any data is loaded).
+    ValueError: an unknown ``name`` or split.
+
   Warns:
     RuntimeWarning: with ``shuffle_labels=True``, when the model hit the cap on
       epochs before fitting its permuted labels.
@@ -356,6 +386,8 @@ def pretrained(
   """
   if name not in MODEL_SPECS:
     raise ValueError(f"name: expected one of {sorted(MODEL_SPECS)}, got {name!r}")
+  _check_seed(seed)
+  check_flag("shuffle_labels", shuffle_labels)
   spec = MODEL_SPECS[name]
   recipe = spec.memorization if shuffle_labels else None
   config = dataclasses.replace(recipe.config if recipe else spec.config, seed=seed)
@@ -441,6 +473,7 @@ def cached(
     :func:`~saliency_guide.training.train`).
 
   Raises:
+    TypeError: ``kwargs`` that are not a mapping, a ``seed`` that is not an integer.
     ValueError: a bad ``name``, ``kwargs`` that are not JSON-serialisable, or a
       ``constructor`` that does not return an ``nnx.Module``.
 
@@ -457,6 +490,9 @@ def cached(
     )
   if not callable(constructor):
     raise ValueError(f"constructor: expected a model class or callable, got {constructor!r}")
+  if kwargs is not None and not isinstance(kwargs, Mapping):
+    raise TypeError(f"kwargs: expected a mapping of constructor arguments (a dict) or None, "
+                    f"got {describe(kwargs)}")
   kwargs = dict(kwargs or {})
   try:
     hashed_kwargs = json.loads(json.dumps(kwargs, sort_keys=True))
@@ -468,7 +504,7 @@ def cached(
   config = TrainConfig() if config is None else config
   if not isinstance(config, TrainConfig):
     raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
-  seed = config.seed if seed is None else seed
+  seed = config.seed if seed is None else _check_seed(seed)
   config = dataclasses.replace(config, seed=seed)
   train_split, eval_split = _splits(train_split, eval_split)
   data_dir = os.fspath(data_dir) if data_dir is not None else None

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.extend import core as jcore
 
-from saliency_guide.validation import check_number
+from saliency_guide.validation import check_model, check_number
 
 __all__ = ["ReluRuleModel", "apply_relu_rule", "replace_relus", "with_relu_rule", "with_softplus"]
 
@@ -457,7 +457,8 @@ def with_relu_rule(model: nnx.Module, relu: Activation) -> ReluRuleModel:
     An ``nnx.Module`` wrapping ``model``; call it like ``model``.
 
   Raises:
-    TypeError: ``relu`` does not compute :math:`\max(x, 0)`.
+    TypeError: ``model`` is not an ``nnx.Module``, or ``relu`` does not compute
+      :math:`\max(x, 0)`.
     ValueError: when the result is called, if no ReLU acts on the inputs, if an
       activation without a rule does (GELU, SiLU, softplus, ELU, leaky ReLU,
       tanh, sigmoid; the message names it and where the model calls it), or if
@@ -481,6 +482,7 @@ def with_relu_rule(model: nnx.Module, relu: Activation) -> ReluRuleModel:
     >>> jax.grad(lambda x: guided(x)[0, 0])(x).shape  # the guided backward pass
     (1, 3)
   """
+  check_model(model)
   if not _is_relu(relu):
     raise TypeError(
         f"relu: expected a function computing max(x, 0) (e.g. guided_relu or deconv_relu), "
@@ -536,6 +538,7 @@ def with_softplus(model: nnx.Module, beta: float) -> ReluRuleModel:
     Deconvolution or Guided Backprop, which need its ReLUs).
 
   Raises:
+    TypeError: ``model`` is not an ``nnx.Module``.
     TypeError, ValueError: ``beta`` is not a finite number :math:`> 0`.
     ValueError: when the result is called, as for :func:`with_relu_rule`.
 
@@ -559,5 +562,6 @@ def with_softplus(model: nnx.Module, beta: float) -> ReluRuleModel:
     P. Kessel. *Explanations can be manipulated and geometry is to blame.*
     NeurIPS 2019. arXiv:1906.07983.
   """
+  check_model(model)
   beta = check_number("beta", beta, hint=" (the softplus sharpness; large is close to the ReLU)")
   return replace_relus(model, _Softplus(beta))

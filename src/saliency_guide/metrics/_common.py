@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_guide.validation import check_flag, check_number, describe
+from saliency_guide.validation import check_flag, check_key, check_number, describe
 
 __all__ = [
     "COMPARISON_VERDICTS",
@@ -69,7 +69,6 @@ def pixel_scores(attributions: jax.Array) -> jax.Array:
   )
 
 
-@functools.partial(jax.jit, static_argnames=("absolute",))
 def rank_pixels(scores: jax.Array, key: jax.Array, absolute: bool = False) -> jax.Array:
   """Rank of every pixel, 0 for the most important, ties broken at random.
 
@@ -87,11 +86,30 @@ def rank_pixels(scores: jax.Array, key: jax.Array, absolute: bool = False) -> ja
   Returns:
     int32 array ``(B, H, W)``: a permutation of ``0 .. H*W-1`` per image.
 
+  Raises:
+    TypeError: ``scores`` is not an array, ``key`` not a PRNG key, ``absolute``
+      not a bool.
+    ValueError: ``scores`` is not of rank 3 (sum a ``(B, H, W, C)`` map over its
+      channels first: :func:`pixel_scores`).
+
   Example:
     >>> import jax, jax.numpy as jnp
     >>> rank_pixels(jnp.array([[[0.1, 3.0], [-1.0, 2.0]]]), jax.random.key(0)).tolist()
     [[[2, 0], [3, 1]]]
   """
+  if not hasattr(scores, "shape") or not hasattr(scores, "dtype"):
+    raise TypeError(f"scores: expected an array (B, H, W) of per-pixel scores, got "
+                    f"{describe(scores)}")
+  if scores.ndim != 3:
+    raise ValueError(f"scores: expected rank 3 (B, H, W), got shape {tuple(scores.shape)}; "
+                     "sum (B, H, W, C) maps over their channels first (pixel_scores)")
+  key = check_key(key, "rank_pixels (its tie-breaking)")
+  return _rank_pixels(scores, key, absolute=check_flag("absolute", absolute))
+
+
+@functools.partial(jax.jit, static_argnames=("absolute",))
+def _rank_pixels(scores: jax.Array, key: jax.Array, absolute: bool = False) -> jax.Array:
+  """Jitted core of :func:`rank_pixels` on checked arguments (also called inside ``jit``)."""
   batch = scores.shape[0]
   flat = scores.reshape(batch, -1)
   if absolute:
@@ -183,10 +201,20 @@ class RandomComparison:
 def comparison_rule(z: float = 2.0) -> str:
   """The decision rule of :func:`compare_to_random` for ``z`` standard errors, as a sentence.
 
+  Args:
+    z: the number of standard errors the verdict requires, a finite number > 0.
+
+  Returns:
+    The rule as one sentence.
+
+  Raises:
+    TypeError, ValueError: ``z`` is not a finite number > 0.
+
   Example:
     >>> comparison_rule(2.0)[:60]
     'Per pair (digit or retraining), d = method − random, signed '
   """
+  z = check_number("z", z)
   return (f"Per pair (digit or retraining), d = method − random, signed so that d > 0 is "
           f"better; a method 'beats random' when the mean of d exceeds {z:g} standard errors "
           f"of that mean, is 'worse than random' when it is below −{z:g} standard errors, "

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from saliency_guide.methods.gradients import target_logits
-from saliency_guide.metrics._common import pixel_scores, rank_pixels
+from saliency_guide.metrics._common import _rank_pixels, pixel_scores
 from saliency_guide.validation import (
     check_array,
     check_choice,
@@ -50,6 +50,7 @@ from saliency_guide.validation import (
     check_maps,
     check_number,
     check_positive_int,
+    describe,
 )
 
 __all__ = [
@@ -106,11 +107,31 @@ def auc(fractions: jax.Array, scores: jax.Array) -> jax.Array:
   Returns:
     ``(...)`` areas.
 
+  Raises:
+    TypeError: ``fractions`` or ``scores`` is not an array.
+    ValueError: ``fractions`` is not 1-D with at least 2 entries, or the last
+      axis of ``scores`` does not have one score per fraction.
+
   Example:
     >>> import jax.numpy as jnp
     >>> float(auc(jnp.array([0.0, 0.5, 1.0]), jnp.array([1.0, 0.0, 0.0])))
     0.25
   """
+  for name, value in (("fractions", fractions), ("scores", scores)):
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+      raise TypeError(f"{name}: expected an array, got {describe(value)}")
+  if fractions.ndim != 1 or fractions.shape[0] < 2:
+    raise ValueError(f"fractions: expected a 1-D array (S + 1,) of at least 2 abscissae, got "
+                     f"shape {tuple(fractions.shape)}")
+  if scores.ndim < 1 or scores.shape[-1] != fractions.shape[0]:
+    raise ValueError(f"scores: expected shape (..., {fractions.shape[0]}), one score per entry "
+                     f"of fractions (shape {tuple(fractions.shape)}), got shape "
+                     f"{tuple(scores.shape)}")
+  return _auc(fractions, scores)
+
+
+def _auc(fractions: jax.Array, scores: jax.Array) -> jax.Array:
+  """:func:`auc` on checked arguments (also called inside ``jit``)."""
   widths = jnp.diff(fractions)
   return ((scores[..., 1:] + scores[..., :-1]) / 2 * widths).sum(axis=-1)
 
@@ -144,6 +165,15 @@ def higher_is_better(curve: str, order: str = "morf") -> bool:
   return (curve == "insertion") == (order == "morf")
 
 
+def _check_images(images: Any) -> jax.Array:
+  """``images`` as a float32 ``(B, H, W, C)`` array, else an error naming ``images``."""
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    raise TypeError(f"images: expected a float array (B, H, W, C), got {describe(images)}")
+  if images.ndim != 4:
+    raise ValueError(f"images: expected rank 4 (B, H, W, C), got shape {tuple(images.shape)}")
+  return jnp.asarray(images, jnp.float32)
+
+
 def _blur(images: jax.Array, sigma: float) -> jax.Array:
   return dm_pix.gaussian_blur(images, sigma, kernel_size=2 * math.ceil(3 * sigma) + 1)
 
@@ -174,6 +204,11 @@ def make_substrate(
   Returns:
     float32 array of the shape of ``images``.
 
+  Raises:
+    TypeError, ValueError: ``images`` is not an array of rank 4, ``substrate``
+      an unknown name or an array of another shape, ``blur_sigma`` not a
+      finite number > 0.
+
   Example:
     >>> import jax.numpy as jnp
     >>> x = jnp.zeros((1, 28, 28, 1)).at[0, 14, 14, 0].set(1.0)
@@ -181,7 +216,13 @@ def make_substrate(
     >>> blurred.shape, round(float(blurred.sum()), 3)  # blurring keeps the mass
     ((1, 28, 28, 1), 1.0)
   """
-  images = jnp.asarray(images, jnp.float32)
+  return _make_substrate(_check_images(images), substrate, blur_sigma=blur_sigma)
+
+
+def _make_substrate(
+    images: jax.Array, substrate: str | float | jax.Array, *, blur_sigma: float
+) -> jax.Array:
+  """:func:`make_substrate` on checked ``images`` (float32 ``(B, H, W, C)``)."""
   if isinstance(substrate, str):
     check_choice("substrate", substrate, SUBSTRATES)
     if substrate == "zeros":
@@ -202,11 +243,20 @@ def random_attributions(key: jax.Array, images: jax.Array) -> jax.Array:
   Returns:
     float32 array ``(B, H, W)`` of independent uniform scores.
 
+  Raises:
+    TypeError: ``key`` is not a PRNG key, ``images`` not an array.
+    ValueError: ``images`` is not of rank 4.
+
   Example:
     >>> import jax, jax.numpy as jnp
     >>> random_attributions(jax.random.key(0), jnp.zeros((2, 28, 28, 1))).shape
     (2, 28, 28)
   """
+  key = check_key(key, "random_attributions")
+  if not hasattr(images, "shape"):
+    raise TypeError(f"images: expected an array (B, H, W, C), got {describe(images)}")
+  if len(images.shape) != 4:
+    raise ValueError(f"images: expected rank 4 (B, H, W, C), got shape {tuple(images.shape)}")
   return jax.random.uniform(key, tuple(images.shape[:3]))
 
 
@@ -241,7 +291,7 @@ def _curves(
   if lerf:  # least relevant first: rank the negated scores (ties still broken by `key`)
     scores = -(jnp.abs(scores) if absolute else scores)
     absolute = False
-  ranks = rank_pixels(scores, key, absolute=absolute)[..., None]  # (B, H, W, 1)
+  ranks = _rank_pixels(scores, key, absolute=absolute)[..., None]  # (B, H, W, 1)
   counts = jnp.asarray(_counts(height * width, steps))
 
   def one_step(count: jax.Array) -> tuple[jax.Array, ...]:
@@ -261,7 +311,7 @@ def _curves(
 
   values = jax.lax.map(one_step, counts, batch_size=max(1, min(steps + 1, per_pass // batch)))
   fractions = counts.astype(jnp.float32) / (height * width)
-  return tuple(Curves(fractions=fractions, scores=v.T, auc=auc(fractions, v.T))  # (B, S + 1)
+  return tuple(Curves(fractions=fractions, scores=v.T, auc=_auc(fractions, v.T))  # (B, S + 1)
                for v in values)
 
 
@@ -297,7 +347,7 @@ def _run(
   per_pass = check_positive_int("internal_batch_size", internal_batch_size)
   check_flag("absolute", absolute)
   key = jax.random.key(0) if key is None else check_key(key)
-  fill = make_substrate(images, substrate, blur_sigma=blur_sigma)
+  fill = _make_substrate(images, substrate, blur_sigma=blur_sigma)
   return _curves(
       model, images, targets, scores, fill, key,
       steps=steps, insert=insert, score_names=tuple(names), per_pass=per_pass,

@@ -51,12 +51,12 @@ from flax import nnx
 
 from saliency_guide.metrics._common import (
     RandomComparison,
+    _rank_pixels,
     compare_to_random,
     mean_and_sem,
     pixel_scores,
-    rank_pixels,
 )
-from saliency_guide.metrics._deletion import auc
+from saliency_guide.metrics._deletion import _auc
 from saliency_guide.scale import explain_dataset
 from saliency_guide.training import TrainConfig, accuracy, train
 from saliency_guide.validation import (
@@ -66,6 +66,7 @@ from saliency_guide.validation import (
     check_maps,
     check_number,
     check_positive_int,
+    describe,
 )
 
 __all__ = ["ROARConfig", "ROARRankings", "ROARResult", "remove_top_pixels", "roar", "roar_rankings"]
@@ -259,7 +260,7 @@ class ROARResult:
     (a constant accuracy :math:`a` has area :math:`a\,t_{\max}`), one number
     per retraining.
     """
-    return {name: np.asarray(auc(jnp.asarray(self.fractions), jnp.asarray(acc)))
+    return {name: np.asarray(_auc(jnp.asarray(self.fractions), jnp.asarray(acc)))
             for name, acc in self.accuracy.items()}
 
   def compare_to_random(self, name: str, *, fraction: float | None = None,
@@ -321,6 +322,22 @@ def _remove(images: Any, ranks: jax.Array, fraction: float, fill: jax.Array) -> 
   return _fill_ranked(images, ranks, count, fill)
 
 
+def _check_fill(fill: Any, channels: int) -> jax.Array:
+  """``fill`` as a finite float32 ``(channels,)`` array, else an error naming ``fill``."""
+  expected = f"a finite number or an array of shape (), (1,) or ({channels},) (per channel)"
+  if isinstance(fill, bool) or not (
+      isinstance(fill, int | float | np.integer | np.floating | list | tuple)
+      or hasattr(fill, "shape")):
+    raise TypeError(f"fill: expected {expected}, got {describe(fill)}")
+  value = jnp.asarray(fill, jnp.float32)
+  if value.shape not in ((), (1,), (channels,)):
+    raise ValueError(f"fill: expected {expected}, got shape {tuple(value.shape)}")
+  bad = int(jnp.sum(~jnp.isfinite(value)))
+  if bad:
+    raise ValueError(f"fill: expected {expected}, got {bad} NaN or Inf value(s)")
+  return jnp.broadcast_to(value, (channels,))
+
+
 def remove_top_pixels(
     images: jax.Array,
     attributions: jax.Array,
@@ -350,6 +367,11 @@ def remove_top_pixels(
   Returns:
     float32 array, the shape of ``images``.
 
+  Raises:
+    TypeError, ValueError: ``images`` not of rank 4, ``attributions`` not maps
+      of ``images``, ``fraction`` outside :math:`[0, 1]`, ``fill`` not finite or
+      not of shape ``()``, ``(1,)`` or ``(C,)``, ``key`` not a PRNG key.
+
   Example:
     >>> import jax.numpy as jnp
     >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
@@ -363,9 +385,9 @@ def remove_top_pixels(
   scores = pixel_scores(check_maps("attributions", attributions, images))
   if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
     raise ValueError(f"fraction: expected a number in [0, 1], got {fraction!r}")
-  fill = jnp.broadcast_to(jnp.asarray(fill, jnp.float32), images.shape[-1:])
+  fill = _check_fill(fill, images.shape[-1])
   key = jax.random.key(0) if key is None else check_key(key)
-  ranks = rank_pixels(scores, key, absolute=check_flag("absolute", absolute))
+  ranks = _rank_pixels(scores, key, absolute=check_flag("absolute", absolute))
   return _remove(images, ranks, fraction, fill)
 
 
@@ -423,8 +445,8 @@ def _rankings(model: nnx.Module, methods: Mapping[str, Any], train_set: Data, te
   tie_key = jax.random.key(config.seed + 1)
 
   def rank(train_scores: np.ndarray, test_scores: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    return (rank_pixels(jnp.asarray(train_scores), tie_key, absolute=config.absolute),
-            rank_pixels(jnp.asarray(test_scores), jax.random.fold_in(tie_key, 1),
+    return (_rank_pixels(jnp.asarray(train_scores), tie_key, absolute=config.absolute),
+            _rank_pixels(jnp.asarray(test_scores), jax.random.fold_in(tie_key, 1),
                         absolute=config.absolute))
 
   ranks: dict[str, tuple[jax.Array, jax.Array]] = {}
