@@ -81,6 +81,21 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def references(session: nox.Session) -> None:
+  """Every method against its independent implementation (Captum, zennit, PAIR, grad-cam).
+
+  Installs the ``references`` extra, asserts each case's tolerance
+  (``tests/test_references.py``), then records the agreement and both sides' speed in
+  ``benchmarks/results/references.{md,json}`` (``benchmarks/references.py``; options
+  after --, e.g. ``nox -s references -- --no-timing``). Trains the site's models on
+  first use, like the docs build.
+  """
+  _install(session, "test", "references")
+  session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_references.py")
+  session.run("python", "benchmarks/references.py", *session.posargs)
+
+
+@nox.session
 def site_check(session: nox.Session) -> None:
   """Open every page of the built site in headless Chromium, offline, and check it."""
   session.install("-e", ".[site]")
