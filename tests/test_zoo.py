@@ -7,6 +7,7 @@ got; the entries of models on true labels keep their cache keys.
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -214,6 +215,7 @@ def test_environment_chooses_the_splits(tiny_world, monkeypatch):
 
 @pytest.mark.parametrize("damage", [
     "garbage_params", "flipped_bytes", "truncated", "missing_record", "wrong_shapes", "nan",
+    "missing_params", "garbage_record", "record_not_a_dict", "valid_npz_other_values",
 ])
 def test_corrupted_entry_is_retrained_with_a_warning(tiny_world, damage):
   calls, _ = tiny_world
@@ -230,6 +232,15 @@ def test_corrupted_entry_is_retrained_with_a_warning(tiny_world, damage):
     params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
   elif damage == "missing_record":
     (entry / "record.json").unlink()
+  elif damage == "missing_params":
+    params.unlink()
+  elif damage == "garbage_record":
+    (entry / "record.json").write_text("{not json")
+  elif damage == "record_not_a_dict":
+    (entry / "record.json").write_text("[1, 2]")
+  elif damage == "valid_npz_other_values":  # readable, right shapes: only the SHA-256 tells
+    stored = dict(np.load(params))
+    np.savez(params, **{k: v + 1.0 for k, v in stored.items()})
   else:
     stored = dict(np.load(params))
     key = sorted(stored)[0]
@@ -240,6 +251,66 @@ def test_corrupted_entry_is_retrained_with_a_warning(tiny_world, damage):
     record = zoo.pretrained("tiny", progress=False)
   assert calls["train"] == 2 and not record.from_cache
   assert zoo.pretrained("tiny", progress=False).from_cache  # repaired
+
+
+def test_the_record_holds_the_parameter_files_sha256(tiny_world):
+  import hashlib
+
+  entry = zoo.pretrained("tiny", progress=False).path
+  record = json.loads((entry / "record.json").read_text())
+  assert record["params_sha256"] == hashlib.sha256((entry / "params.npz").read_bytes()).hexdigest()
+
+
+def test_an_entry_without_a_checksum_still_loads(tiny_world):
+  """Entries written before the checksum was recorded are read as before."""
+  calls, _ = tiny_world
+  entry = zoo.pretrained("tiny", progress=False).path
+  record = json.loads((entry / "record.json").read_text())
+  del record["params_sha256"]
+  (entry / "record.json").write_text(json.dumps(record))
+  assert zoo.pretrained("tiny", progress=False).from_cache and calls["train"] == 1
+
+
+def test_a_save_killed_midway_leaves_nothing_that_loads(tiny_world, monkeypatch):
+  """A process killed while saving leaves at most a temporary folder, never an entry."""
+  calls, cache = tiny_world
+  real_savez = zoo.np.savez
+
+  def killed(path, **arrays):
+    real_savez(path, **dict(list(arrays.items())[:1]))  # part of the file written...
+    raise KeyboardInterrupt  # ...then the process dies
+
+  monkeypatch.setattr(zoo.np, "savez", killed)
+  with pytest.raises(KeyboardInterrupt):
+    zoo.pretrained("tiny", progress=False)
+  monkeypatch.setattr(zoo.np, "savez", real_savez)
+  assert not [p for p in cache.iterdir() if not p.name.startswith(".")]  # no entry
+  record = zoo.pretrained("tiny", progress=False)  # trains again, cleanly
+  assert calls["train"] == 2 and not record.from_cache
+  assert zoo.pretrained("tiny", progress=False).from_cache
+
+
+@pytest.mark.parametrize("errno_name", ["EROFS", "ENOSPC", "EACCES"])
+def test_an_unwritable_cache_still_gives_the_trained_model(tiny_world, monkeypatch, errno_name):
+  """Read-only or full cache folder: the model is returned with a warning, not a crash.
+
+  Simulated at the first write (tests may run as root, for whom a read-only mode
+  bit does not stop a write).
+  """
+  import errno
+
+  calls, cache = tiny_world
+
+  def refuse(*args, **kwargs):
+    code = getattr(errno, errno_name)
+    raise OSError(code, os.strerror(code))
+
+  monkeypatch.setattr(zoo.tempfile, "mkdtemp", refuse)
+  with pytest.warns(RuntimeWarning, match="could not save"):
+    record = zoo.pretrained("tiny", progress=False)
+  assert calls["train"] == 1 and not record.from_cache
+  assert record.eval_accuracy > 0.5  # a trained model, usable
+  assert not list(cache.iterdir())  # nothing half-written
 
 
 def test_an_entry_saved_meanwhile_by_another_process_is_kept(tiny_world, monkeypatch):

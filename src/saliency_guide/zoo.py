@@ -15,8 +15,13 @@ until they fit them, as in Adebayo et al. (2018).
 Cache location: ``$SALIENCY_GUIDE_CACHE``, else the platform's user cache
 folder (``~/.cache/saliency_guide`` on Linux). Files are a NumPy ``.npz`` of the
 model's state (parameters and BatchNorm statistics; no random-number state),
-read with ``allow_pickle=False`` (no pickle anywhere), and a JSON record. A
-corrupted or incompatible entry is retrained with a warning.
+read with ``allow_pickle=False`` (no pickle anywhere), and a JSON record that
+holds the SHA-256 of the parameter file, verified on every load. An entry is
+written into a temporary folder and renamed into place, so a process killed
+mid-save leaves no entry that loads. A corrupted, truncated, partial or
+incompatible entry is retrained with one warning; a cache folder that cannot be
+written (read-only, full) still gives the trained model, with a warning that it
+was not saved.
 
 Which data? ``$SALIENCY_GUIDE_TRAIN_SPLIT`` and ``$SALIENCY_GUIDE_EVAL_SPLIT``
 (defaults ``"train"`` and ``"test"``) choose the splits; the docs build in CI,
@@ -591,8 +596,9 @@ def _load_or_train(
     try:
       model = _skeleton(build)
       record = json.loads(record_path.read_text())
-      if record.get("key_fields") != key_fields:
+      if not isinstance(record, dict) or record.get("key_fields") != key_fields:
         raise ValueError("the record's key fields differ from the requested ones")
+      _verify_params(record, params_path)
       _load_params(model, params_path)
       model.eval()
       eval_key = _fingerprint(eval_images, eval_labels)
@@ -645,7 +651,7 @@ def _load_or_train(
     train_accuracy = accuracy(model, *train_set)
     record.update(train_accuracy=train_accuracy, epochs=len(result.losses),
                   target_accuracy=target_accuracy, memorized=train_accuracy >= target_accuracy)
-  _save(entry, model, record)
+  _save(entry, model, record, caller)
   trained = Pretrained(
       model=model, name=name, train_split=train_split, eval_split=eval_split,
       eval_accuracy=eval_accuracy, train_seconds=seconds, from_cache=False,
@@ -680,12 +686,53 @@ def _warn_if_not_memorized(caller: str, record: Pretrained) -> None:
     )
 
 
-def _save(entry: Path, model: nnx.Module, record: dict[str, Any]) -> None:
-  """Write the entry atomically: into a temporary folder, then rename."""
+def _file_sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _verify_params(record: Mapping[str, Any], params_path: Path) -> None:
+  """ValueError unless the parameter file has the SHA-256 its record stores.
+
+  Entries written before the record held a checksum (no ``params_sha256``) are
+  read as before: the ``.npz`` members' CRC-32 and the shape, dtype and
+  finiteness checks of :func:`_load_params` still apply.
+  """
+  expected = record.get("params_sha256")
+  if expected is None:
+    return
+  actual = _file_sha256(params_path)
+  if actual != expected:
+    raise ValueError(f"params.npz has SHA-256 {actual[:12]}…, its record says {expected[:12]}…")
+
+
+def _save(entry: Path, model: nnx.Module, record: dict[str, Any], caller: str) -> None:
+  """Write the entry atomically (a temporary folder, then a rename); warn if impossible.
+
+  A cache folder that cannot be written (read-only, full disk, no permission) costs
+  the next call a retraining, not this one its model: a ``RuntimeWarning`` says so.
+  """
+  try:
+    _write_entry(entry, model, record)
+  except OSError as err:
+    warnings.warn(
+        f"{caller}: could not save the trained model to the cache at {entry.parent} "
+        f"({err}); it is returned unsaved and will be trained again next time. Set "
+        f"${CACHE_ENV} to a writable folder to keep it.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _write_entry(entry: Path, model: nnx.Module, record: dict[str, Any]) -> None:
   entry.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
   try:
     np.savez(tmp / "params.npz", **_flat_params(model))
+    record = {**record, "params_sha256": _file_sha256(tmp / "params.npz")}
     (tmp / "record.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     if entry.exists():  # an unreadable entry being replaced
       shutil.rmtree(entry)
