@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
+import tempfile
+import zipfile
 from pathlib import Path
 
 import nox
@@ -52,8 +55,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-  """Build the site once into docs/_build/html, executing every tutorial (no server)."""
-  _install(session, "docs")
+  """Build the site once into docs/_build/html, executing every tutorial (no server).
+
+  The package is installed as a reader installs it (not editable) and every notebook
+  runs in a temporary folder (``nb_execution_in_temp``): a tutorial that needs the
+  repository beside it fails here. (Sphinx's autodoc reads the docstrings from src/.)
+  """
+  session.install(".[docs]")  # not editable: the kernels import the installed copy
   env = {**FAST_CPU_CONV, **{k: v for k, v in os.environ.items() if k == "XLA_FLAGS"}}
   # Train (or load) every model once, before the notebooks run, so no tutorial
   # waits on training and no two notebooks train the same model.
@@ -66,8 +74,11 @@ def docs(session: nox.Session) -> None:
               env=env)
   shutil.rmtree(DOCS_BUILD / "html", ignore_errors=True)
   shutil.rmtree(DOCS_BUILD / "jupyter_execute", ignore_errors=True)
-  # The decision guide reads what the comparison page measures in *this* build.
-  (ROOT / "docs" / "tutorials" / "comparison_summary.json").unlink(missing_ok=True)
+  # The decision guide reads what the comparison page measures in *this* build (the
+  # page writes it into the model cache's folder, where any notebook finds it).
+  session.run("python", "-c", "import saliency_guide as sg; "
+              "(sg.zoo.cache_folder() / 'comparison_summary.json').unlink(missing_ok=True)",
+              env=env)
   # Notebook kernels must draw with Jupyter's inline backend: an inherited
   # MPLBACKEND=Agg (common in CI) would silently drop every figure from the site.
   # (Sphinx reads the pages in alphabetical order, one at a time: myst-nb executes
@@ -93,6 +104,91 @@ def references(session: nox.Session) -> None:
   _install(session, "test", "references")
   session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/test_references.py")
   session.run("python", "benchmarks/references.py", *session.posargs)
+
+
+# `nox -s package`'s smoke test, run by the wheel's own interpreter in a folder outside
+# the repository: the installed copy is the one imported, its metadata carries
+# __version__, and one gradient map of an untrained model comes out finite.
+_WHEEL_SMOKE = """
+import importlib.metadata, pathlib, sys
+import jax, jax.numpy as jnp
+from flax import nnx
+import saliency_guide
+from saliency_guide import methods, models
+where = pathlib.Path(saliency_guide.__file__).resolve()
+assert pathlib.Path(sys.argv[1]).resolve() not in where.parents, f"imported the source: {where}"
+assert importlib.metadata.version("saliency_guide") == saliency_guide.__version__
+image = jax.random.uniform(jax.random.key(0), (1, 28, 28, 1))
+maps = methods.gradients(models.CNN(rngs=nnx.Rngs(0)), image, jnp.array([3]))
+assert maps.shape == (1, 28, 28, 1) and bool(jnp.isfinite(maps).all()), maps
+print(f"saliency_guide {saliency_guide.__version__} from {where.parent}: one gradient map "
+      f"{maps.shape}, |map| max {float(jnp.abs(maps).max()):.3g}")
+"""
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+  """Build the sdist and the wheel into dist/, check them, and run the wheel on its own.
+
+  ``python -m build`` (the sdist, then the wheel from it) and ``twine check --strict``;
+  the wheel must hold only the package; then a fresh virtual environment outside the
+  repository (the source tree off ``sys.path``) installs the wheel with its dependencies
+  and runs ``python -m saliency_guide --help`` and one ``gradients`` call on an untrained
+  model. dist/ then holds what a release uploads (README, "Cutting a release").
+  """
+  session.install("build>=1.2", "twine>=6")
+  dist = ROOT / "dist"
+  shutil.rmtree(dist, ignore_errors=True)
+  work = Path(tempfile.mkdtemp(prefix="saliency_guide-package-"))
+  try:
+    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    artifacts = sorted(dist.iterdir())
+    session.run("twine", "check", "--strict", *map(str, artifacts))
+    (wheel,) = dist.glob("*.whl")
+    strays = [n for n in zipfile.ZipFile(wheel).namelist()
+              if n.split("/")[0] != "saliency_guide" and ".dist-info/" not in n]
+    if strays:
+      session.error(f"the wheel holds files outside the package: {strays}")
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:  # members are <name>-<version>/<path>
+      tops = {m.name.split("/")[1] for m in archive.getmembers() if "/" in m.name}
+    if extra := tops - {"src", "pyproject.toml", "README.md", "CHANGELOG.md", "PKG-INFO",
+                        ".gitignore"}:
+      session.error(f"the sdist holds more than the package and its metadata: {extra}")
+    venv = work / "venv"
+    session.run("python", "-m", "venv", str(venv))
+    python = str(venv / "bin" / "python")
+    # --no-compile: byte-compiling every dependency's modules (most never imported here)
+    # took as long again as unpacking them from pip's cache.
+    session.run(python, "-m", "pip", "install", "--quiet", "--no-compile", str(wheel),
+                external=True)
+    with session.chdir(work):
+      session.run(python, "-m", "saliency_guide", "--help", external=True)
+      session.run(python, "-c", _WHEEL_SMOKE, str(ROOT), external=True)
+    session.log(f"Built, checked and ran: {', '.join(a.name for a in artifacts)}")
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@nox.session
+def lab(session: nox.Session) -> None:
+  """Open the tutorials in JupyterLab (a browser tab; any .md opens as a notebook)."""
+  session.install(".[notebooks]")
+  session.run("jupyter", "lab", f"--ServerApp.root_dir={ROOT / 'docs' / 'tutorials'}",
+              *session.posargs, env=FAST_CPU_CONV)
+
+
+@nox.session
+def notebooks_check(session: nox.Session) -> None:
+  """The reader's notebook path, headless: JupyterLab answers, a downloaded notebook runs.
+
+  Installs the ``notebooks`` extra as a reader does (not editable), starts JupyterLab on
+  a loopback port and opens a tutorial's .md as a notebook through its API, then runs
+  executed notebooks from the built site (``nox -s docs`` first) in a folder outside
+  the repository. See ``tools/notebook_check.py``.
+  """
+  session.install(".[notebooks]")
+  session.run("python", "tools/notebook_check.py", *session.posargs, env=FAST_CPU_CONV)
 
 
 @nox.session

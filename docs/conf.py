@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,12 @@ nb_execution_allow_errors = False
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_execution_timeout = 900
+# Each notebook runs in a temporary folder, with the package as installed (nox -s docs
+# installs it, not in editable mode): a tutorial that silently depended on the
+# repository's layout or on files beside it would fail the build, as it would for a
+# reader who downloads it. (The Performance page, which reads the recorded benchmark
+# files in benchmarks/results/, opts out in its front matter.)
+nb_execution_in_temp = True
 nb_merge_streams = True
 nb_execution_excludepatterns: list[str] = []  # every tutorial is executed
 
@@ -79,9 +86,11 @@ html_theme = "sphinx_book_theme"
 html_title = "saliency_guide"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
-REPOSITORY_URL = os.environ.get(
-    "SALIENCY_GUIDE_REPOSITORY_URL", "https://github.com/saliency-guide/saliency_guide"
-)
+# The repository URL is written once, in pyproject.toml's [project.urls]; a fork
+# building its own site can override it without editing a file.
+with (ROOT / "pyproject.toml").open("rb") as _pyproject:
+  _PROJECT_URLS = tomllib.load(_pyproject)["project"]["urls"]
+REPOSITORY_URL = os.environ.get("SALIENCY_GUIDE_REPOSITORY_URL") or _PROJECT_URLS["Repository"]
 html_theme_options = {
     "repository_url": REPOSITORY_URL,
     "repository_branch": "main",

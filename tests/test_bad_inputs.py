@@ -122,6 +122,7 @@ NO_USER_INPUT: dict[str, str] = {
     "zoo.MemorizationRecipe": "a record of how a shuffled-label model is trained, read by "
                               "zoo.pretrained(shuffle_labels=True); not checked when built",
     "zoo.SHUFFLED_LABELS_RECIPE": "a constant: the package's MemorizationRecipe",
+    "zoo.cache_folder": "takes no argument",
     # Takes anything.
     "validation.describe": "describes any value in words (for error messages): no value is bad",
 }

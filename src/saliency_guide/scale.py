@@ -264,7 +264,7 @@ def explain_dataset(
     progress = math.ceil(n / per_call) >= PROGRESS_MIN_BATCHES
   bar = None
   if progress:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook widget in Jupyter, text in a terminal
 
     bar = tqdm(total=n, desc=getattr(method, "__name__", "explain_dataset"), unit="image")
 

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm  # plain bar: no ipywidgets needed in notebooks
 
 from saliency_guide.validation import check_callable
 
@@ -216,6 +215,10 @@ def train(
   order_rng = np.random.default_rng(config.seed)
   losses = []
   start = time.perf_counter()
+  # tqdm.auto: a notebook widget in Jupyter (ipywidgets, the `notebooks` extra), text in
+  # a terminal; imported here so that a call without a bar never touches IPython.
+  from tqdm.auto import tqdm
+
   bar = tqdm(total=total_steps, disable=not progress, desc=type(model).__name__, unit="step")
   for epoch in range(config.epochs):
     order = order_rng.permutation(len(images))

@@ -64,6 +64,7 @@ __all__ = [
     "MemorizationRecipe",
     "ModelSpec",
     "Pretrained",
+    "cache_folder",
     "cached",
     "default_splits",
     "eval_data",
@@ -280,6 +281,24 @@ def train_data(split: str | None = None, *, data_dir: str | None = None):
 def eval_data(split: str | None = None, *, data_dir: str | None = None):
   """``(images, labels)`` of ``split`` (default: the configured evaluation split)."""
   return data_lib.load_mnist(split or default_splits()[1], data_dir=data_dir)
+
+
+def cache_folder() -> Path:
+  """The folder of the model cache: ``$SALIENCY_GUIDE_CACHE``, else the user cache folder.
+
+  The platform's user cache folder is ``~/.cache/saliency_guide`` on Linux. Tutorials
+  that hand results to one another (the comparison page writes what the decision
+  guide reads) keep them here too, so that a notebook run from any folder finds them.
+
+  Returns:
+    The path (it may not exist yet: the first save creates it).
+
+  Example:
+    >>> import saliency_guide as sg
+    >>> sg.zoo.cache_folder().name != ""
+    True
+  """
+  return _cache_root(None)
 
 
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
