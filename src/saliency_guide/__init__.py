@@ -18,4 +18,6 @@ from saliency_guide.zoo import Pretrained as Pretrained
 from saliency_guide.zoo import eval_data as eval_data
 from saliency_guide.zoo import pretrained as pretrained
 
+# The one place the version is written: the build reads it into the package metadata
+# ([tool.hatch.version] in pyproject.toml). Bump it when cutting a release (README).
 __version__ = "0.1.0"
