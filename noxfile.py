@@ -225,7 +225,10 @@ def bench(session: nox.Session) -> None:
   runs), ``nox -s bench -- --batches 256 --xla both``; see
   ``python benchmarks/bench.py --help``.
   """
-  _install(session, "bench")
+  _install(session, "bench", "references")
   session.run("python", "benchmarks/bench.py", *session.posargs)
+  # The other method families beside their reference libraries (Captum's Occlusion and
+  # KernelShap at batch 32 and 256, PAIR one image per call, ...): agreement and speed.
+  session.run("python", "benchmarks/references.py")
   # Each model's convolutions timed alone (and re-expressed): how far 2x Captum is from them.
   session.run("python", "benchmarks/investigations/ceiling.py")

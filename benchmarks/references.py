@@ -81,13 +81,14 @@ def agreement(family: str, models, images, labels) -> list[dict[str, Any]]:
   return rows
 
 
-def speed(family: str, models, images, labels, repeats: int) -> list[dict[str, Any]]:
+def speed(family: str, models, images, labels, repeats: int,
+          batches: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
   import jax
   import numpy as np
 
   module = references.family(family)
   rows = []
-  for batch in getattr(module, "BATCHES", DEFAULT_BATCHES):
+  for batch in batches or getattr(module, "BATCHES", DEFAULT_BATCHES):
     if batch > len(images):
       reps = -(-batch // len(images))
       images, labels = np.concatenate([images] * reps), np.concatenate([labels] * reps)
@@ -140,21 +141,25 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--agree", type=int, default=32, help="digits for the agreement")
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per contender")
   parser.add_argument("--no-timing", action="store_true")
+  parser.add_argument("--batches", type=int, nargs="+", default=None,
+                      help="batch sizes to time (default: each family's BATCHES)")
   parser.add_argument("--name", default="references", help="results/<name>.{json,md}")
   args = parser.parse_args(argv)
 
   started, load_before = harness.utc_now(), harness.load_average()
   references.torchvision_stub()
-  models, images, labels, record = load(max(args.agree, 32))
+  models, images, labels, record = load(max(args.agree, 32, *(args.batches or [])))
   libraries: tuple[str, ...] = ()
   agree, timed = [], []
   for family in args.families:
     libraries += tuple(getattr(references.family(family), "LIBRARIES", ()))
     agree += agreement(family, models, images[:args.agree], labels[:args.agree])
     if not args.no_timing:
-      timed += speed(family, models, images, labels, args.repeats)
+      timed += speed(family, models, images, labels, args.repeats,
+                     tuple(args.batches) if args.batches else None)
   parameters = {"families": args.families, "agree_digits": args.agree,
-                "repeats": args.repeats, "data": f"the first digits of MNIST "
+                "repeats": args.repeats, "batches": args.batches,
+                "data": f"the first digits of MNIST "
                 f"'{record.eval_split}'; models trained on '{record.train_split}'",
                 "libraries": _packages(tuple(dict.fromkeys(("torch", *libraries))))}
   path = harness.save(args.name, {"agreement": agree, "speed": timed}, parameters, started,

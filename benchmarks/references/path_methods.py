@@ -24,6 +24,8 @@ import numpy as np
 
 from references import Case
 
+# PAIR explains one image per call: time both sides at small batches.
+BATCHES = (1, 16)
 LIBRARIES = ("saliency",)
 
 
