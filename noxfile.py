@@ -198,6 +198,22 @@ def site_check(session: nox.Session) -> None:
   session.run("python", "tools/site_check.py", *session.posargs)
 
 
+@nox.session(venv_backend="none")
+def demo_bundle(session: nox.Session) -> None:
+  """Rebuild the live demo's JavaScript bundle from its lockfile (needs Node >= 20 and npm).
+
+  ``npm ci`` installs exactly what ``demo/package-lock.json`` pins (``@jax-js/jax``,
+  ``esbuild``), then ``demo/build.mjs`` bundles ``demo/src/`` into
+  ``docs/_static/demo/demo.js`` (committed: the docs build needs no npm) and records
+  its hash, the lockfile's and the sources' in ``demo/bundle.json``, which
+  ``tests/test_demo.py`` checks. The build is byte-for-byte reproducible: after this
+  session, ``git diff docs/_static/demo`` is empty unless a source or the lockfile changed.
+  """
+  with session.chdir(ROOT / "demo"):
+    session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
+    session.run("node", "build.mjs", external=True)
+
+
 @nox.session
 def docs_live(session: nox.Session) -> None:
   """Serve the site with live reload while you edit (never run by CI)."""

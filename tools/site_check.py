@@ -15,7 +15,15 @@ works with no network. For every HTML page:
 
 Screenshots of every tutorial page go to ``docs/_build/screenshots/``.
 
-Usage: ``python tools/site_check.py [--site docs/_build/html] [--chromium /usr/bin/chromium]``
+The live demo (``demo.html``, see :func:`check_demo`) is checked further: every
+method's map computed in the browser equals the Python package's map exported
+with the page (relative L2 <= 1e-4), and a stroke drawn through its canvas
+changes the prediction. ``--demo-only`` checks that page alone; ``--record-demo
+FILE`` also writes the agreement and the per-map latency measured here (the
+figures the demo page quotes).
+
+Usage: ``python tools/site_check.py [--site docs/_build/html] [--chromium /usr/bin/chromium]
+[--demo-only] [--record-demo demo/measured.json]``
 (``nox -s site_check`` runs it after ``nox -s docs``). Exit status 1 lists every
 problem found.
 """
@@ -23,11 +31,17 @@ problem found.
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
+import hashlib
 import http.server
 import json
+import math
+import os
+import platform
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -152,14 +166,133 @@ def check_notebook_download(base: str, relpath: str, links: list[str], problems:
   return False
 
 
+# -- the live demo ------------------------------------------------------------------
+DEMO_PAGE = "demo.html"
+DEMO_EXPECTED = "_static/demo/data/expected.json"
+DEMO_TOLERANCE = 1e-4  # relative L2 error between a browser map and the package's map
+
+
+def _relative_l2(got: list[float], want: list[float]) -> float:
+  num = math.sqrt(sum((g - w) ** 2 for g, w in zip(got, want, strict=True)))
+  den = math.sqrt(sum(w * w for w in want))
+  return num / den if den > 0 else num
+
+
+def check_demo(context, base: str, site: Path, problems: list[str]) -> dict:
+  """The demo computes the package's maps in the browser, and drawing changes the prediction.
+
+  For every case of ``_static/demo/data/expected.json`` (exported by the page with
+  the package's own functions) and every method, ``window.saliencyDemo.explain``
+  must give the same explained class and a map within ``DEMO_TOLERANCE`` relative
+  L2 of the package's. Then the canvas is cleared, a vertical stroke is drawn with
+  the mouse, and the predicted class must differ from the starter digit's. Returns
+  the measurements (agreement per method, median latency per map after a warm-up).
+  """
+  where = f"{DEMO_PAGE}:"
+  expected = json.loads((site / DEMO_EXPECTED).read_text())
+  errors: list[str] = []
+  page = context.new_page()
+  page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+  page.on("pageerror", lambda e: errors.append(str(e)))
+  page.goto(base + DEMO_PAGE, wait_until="load")
+  try:
+    ready = page.evaluate("async () => { const d = await window.saliencyDemo.ready;"
+                          " return {model: window.saliencyDemo.model, backend: d.backend,"
+                          " methods: d.methods, ua: navigator.userAgent}; }")
+  except Exception as err:  # any failure to start is the finding
+    problems.append(f"{where} window.saliencyDemo.ready failed: {err}")
+    page.close()
+    return {}
+  if ready["model"] != expected["model"]:
+    problems.append(f"{where} model {ready['model']!r}, expected {expected['model']!r}")
+  explain = """async ([pixels, method, target]) => {
+    const t0 = performance.now();
+    const r = await window.saliencyDemo.explain(pixels, method, target ?? undefined);
+    return {target: r.target, map: r.map, logits: r.logits, ms: performance.now() - t0};
+  }"""
+  first = expected["cases"][0]
+  for method in ready["methods"]:  # warm-up: the first call of each method compiles
+    page.evaluate(explain, [first["pixels"], method, first["target"]])
+  worst: dict[str, float] = {}
+  worst_abs: dict[str, float] = {}
+  times: dict[str, list[float]] = {}
+  for case in expected["cases"]:
+    for method, want in case["maps"].items():
+      got = page.evaluate(explain, [case["pixels"], method, case["target"]])
+      label = f"{where} digit {case['digit']} class {case['explained']} {method}:"
+      if got["target"] != case["explained"]:
+        problems.append(f"{label} explained class {got['target']}")
+        continue
+      err = _relative_l2(got["map"], want)
+      worst[method] = max(worst.get(method, 0.0), err)
+      worst_abs[method] = max(worst_abs.get(method, 0.0),
+                              max(abs(g - w) for g, w in zip(got["map"], want, strict=True)))
+      times.setdefault(method, []).append(got["ms"])
+      if not err <= DEMO_TOLERANCE:
+        problems.append(f"{label} relative L2 {err:.2e} > {DEMO_TOLERANCE:g}")
+  missing = set(first["maps"]) - set(ready["methods"])
+  if missing:
+    problems.append(f"{where} methods missing from the page: {sorted(missing)}")
+  # A synthetic drawing through the canvas: clear, one vertical stroke (a "1").
+  def updates():
+    return int(page.eval_on_selector("#saliency-demo", "e => Number(e.dataset.updates || 0)"))
+
+  page.wait_for_function("() => Number(document.querySelector('#saliency-demo')"
+                         ".dataset.updates || 0) >= 1", timeout=120_000)
+  before = page.eval_on_selector("#saliency-demo", "e => e.dataset.predicted")
+  count = updates()
+  page.click("#saliency-demo button:text('Clear')")
+  box = page.locator("#saliency-demo .sgd-draw").bounding_box()
+  x = box["x"] + box["width"] * 0.5
+  page.mouse.move(x, box["y"] + box["height"] * 0.18)
+  page.mouse.down()
+  for k in range(1, 21):
+    page.mouse.move(x + k * 0.3, box["y"] + box["height"] * (0.18 + 0.64 * k / 20))
+  page.mouse.up()
+  page.wait_for_function(f"() => Number(document.querySelector('#saliency-demo')"
+                         f".dataset.updates || 0) > {count}", timeout=120_000)
+  while True:  # until no update is pending (a debounced one may follow the first)
+    count = updates()
+    page.wait_for_timeout(1500)
+    if updates() == count:
+      break
+  after = page.eval_on_selector("#saliency-demo", "e => e.dataset.predicted")
+  if after == before:
+    problems.append(f"{where} drawing a stroke left the prediction at {before}")
+  page.close()
+  for message in errors:
+    problems.append(f"{where} console error: {message[:300]}")
+  chrome = re.search(r"(?:Headless)?Chrome/[\d.]+", ready["ua"])
+  bundle = (site / "_static/demo/demo.js").read_bytes()
+  print(f"checked {DEMO_PAGE}: {len(expected['cases'])} cases x {len(worst)} methods, "
+        f"worst relative L2 {max(worst.values(), default=float('nan')):.1e}; "
+        f"stroke: predicted {before} -> {after}")
+  return {
+      "model": ready["model"], "backend": ready["backend"],
+      "browser": f"headless Chromium ({chrome.group(0) if chrome else ready['ua']})",
+      "machine": f"{platform.machine()} Linux, {os.cpu_count()} CPU cores (shared)",
+      "date": datetime.date.today().isoformat(),
+      "bundle_sha256": hashlib.sha256(bundle).hexdigest(),
+      "weights_sha256": json.loads(
+          (site / "_static/demo/data/weights.json").read_text())["sha256"],
+      "cases": len(expected["cases"]),
+      "relative_l2": worst, "max_abs_diff": worst_abs,
+      "latency_ms_median": {m: statistics.median(t) for m, t in times.items()},
+      "stroke": {"before": before, "after": after},
+  }
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--site", default="docs/_build/html", type=Path)
   parser.add_argument("--screenshots", default="docs/_build/screenshots", type=Path)
   parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+  parser.add_argument("--demo-only", action="store_true", help="check the demo page alone")
+  parser.add_argument("--record-demo", type=Path, default=None,
+                      help="write the demo's measured agreement and latency to this JSON file")
   args = parser.parse_args(argv)
   site = args.site.resolve()
-  if not (site / "index.html").exists():
+  if not (site / ("demo.html" if args.demo_only else "index.html")).exists():
     print(f"site_check: no built site at {site} (run `nox -s docs` first)")
     return 1
   if not Path(args.chromium).exists():
@@ -168,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
   pages = sorted(
       str(p.relative_to(site)) for p in site.rglob("*.html")
       if not p.relative_to(site).parts[0].startswith(("_", "."))
+      and (not args.demo_only or p.name == DEMO_PAGE)
   )
   problems: list[str] = []
   offsite: list[str] = []
@@ -201,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"{relpath}: no .ipynb download link")
         print(f"checked {relpath}: {len(info['imgs'])} images, {info['mathOut']} typeset maths, "
               f"{len(info['links'])} links")
+      if (site / DEMO_PAGE).exists():
+        measured = check_demo(context, base, site, problems)
+        if args.record_demo is not None and measured:
+          args.record_demo.write_text(json.dumps(measured, indent=1) + "\n")
+          print(f"recorded the demo's measurements in {args.record_demo}")
+      elif args.demo_only:
+        problems.append(f"no {DEMO_PAGE} in {site}")
       context.close()
   finally:
     server.shutdown()

@@ -34,6 +34,9 @@ import numpy as np
 
 from references import Case
 
+# Captum explains one image at a time (perturbations_per_eval per image): at batch
+# 256 its KernelShap takes minutes per call on a 2-core CPU.
+BATCHES = (32, 256)
 LIBRARIES = ("captum", "torch")
 
 #: Coalitions per image for the sampled estimates (both sides).
