@@ -113,7 +113,7 @@ def markdown(data: dict[str, Any]) -> str:
   lines = [harness.describe(data["record"]), "",
            "Library versions: " + ", ".join(f"{k} {v}" for k, v in
                                             data["parameters"]["libraries"].items()) + ".", "",
-           "### Agreement on identical weights", "",
+           "#### Agreement on identical weights", "",
            "| family | method | model | reference | digits | rel. L2 | max rel. | tolerance |",
            "|---|---|---|---|---:|---:|---:|---:|"]
   for r in data["results"]["agreement"]:
@@ -124,7 +124,7 @@ def markdown(data: dict[str, Any]) -> str:
   if notes:
     lines += ["", "Notes:", ""] + [f"* **{f}**: {n}" for f, n in sorted(notes)]
   if data["results"]["speed"]:
-    lines += ["", "### Speed (median warm call, interleaved)", "",
+    lines += ["", "#### Speed (median warm call, interleaved)", "",
               "| family | method | model | reference | batch | ours s | reference s | × |",
               "|---|---|---|---|---:|---:|---:|---:|"]
     for r in data["results"]["speed"]:
