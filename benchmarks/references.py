@@ -108,21 +108,13 @@ def speed(family: str, models, images, labels, repeats: int,
   return rows
 
 
-def markdown(data: dict[str, Any]) -> str:
-  """The two tables of ``results/references.md``."""
+def markdown(data: dict[str, Any], agreement: bool = True) -> str:
+  """The two tables of ``results/<name>.md`` (the agreement table only if ``agreement``)."""
   lines = [harness.describe(data["record"]), "",
            "Library versions: " + ", ".join(f"{k} {v}" for k, v in
-                                            data["parameters"]["libraries"].items()) + ".", "",
-           "#### Agreement on identical weights", "",
-           "| family | method | model | reference | digits | rel. L2 | max rel. | tolerance |",
-           "|---|---|---|---|---:|---:|---:|---:|"]
-  for r in data["results"]["agreement"]:
-    lines.append(f"| {r['family']} | {r['method']} | {r['model']} | {r['reference']} | "
-                 f"{r['images']} | {r['rel_l2']:.1e} | {r['max_rel']:.1e} | "
-                 f"{r['tolerance']:.0e} |")
-  notes = {(r["family"], r["note"]) for r in data["results"]["agreement"] if r["note"]}
-  if notes:
-    lines += ["", "Notes:", ""] + [f"* **{f}**: {n}" for f, n in sorted(notes)]
+                                            data["parameters"]["libraries"].items()) + "."]
+  if agreement:
+    lines += ["", *_agreement_lines(data)]
   if data["results"]["speed"]:
     lines += ["", "#### Speed (median warm call, interleaved)", "",
               "| family | method | model | reference | batch | ours s | reference s | × |",
@@ -132,6 +124,20 @@ def markdown(data: dict[str, Any]) -> str:
                    f"{r['batch']} | {r['ours_s']:.3g} | {r['theirs_s']:.3g} | "
                    f"**{r['ratio']:.2f}** |")
   return "\n".join(lines) + "\n"
+
+
+def _agreement_lines(data: dict[str, Any]) -> list[str]:
+  lines = ["#### Agreement on identical weights", "",
+           "| family | method | model | reference | digits | rel. L2 | max rel. | tolerance |",
+           "|---|---|---|---|---:|---:|---:|---:|"]
+  for r in data["results"]["agreement"]:
+    lines.append(f"| {r['family']} | {r['method']} | {r['model']} | {r['reference']} | "
+                 f"{r['images']} | {r['rel_l2']:.1e} | {r['max_rel']:.1e} | "
+                 f"{r['tolerance']:.0e} |")
+  notes = {(r["family"], r["note"]) for r in data["results"]["agreement"] if r["note"]}
+  if notes:
+    lines += ["", "Notes:", ""] + [f"* **{f}**: {n}" for f, n in sorted(notes)]
+  return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--batches", type=int, nargs="+", default=None,
                       help="batch sizes to time (default: each family's BATCHES)")
   parser.add_argument("--name", default="references", help="results/<name>.{json,md}")
+  parser.add_argument("--speed-table-only", action="store_true",
+                      help="write only the speed table to results/<name>.md")
   args = parser.parse_args(argv)
 
   started, load_before = harness.utc_now(), harness.load_average()
@@ -165,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
   path = harness.save(args.name, {"agreement": agree, "speed": timed}, parameters, started,
                       load_before)
   data = json.loads(path.read_text())
-  (harness.RESULTS / f"{args.name}.md").write_text(markdown(data))
+  (harness.RESULTS / f"{args.name}.md").write_text(
+      markdown(data, agreement=not args.speed_table_only))
   print(f"wrote {path} and {args.name}.md")
   failing = [r for r in agree if not r["passes"]]
   if failing:

@@ -35,7 +35,7 @@ import numpy as np
 from references import Case
 
 # Captum explains one image at a time (perturbations_per_eval per image): at batch
-# 256 its KernelShap takes minutes per call on a 2-core CPU.
+# 256 its KernelShap takes about two minutes per call on a 2-core CPU.
 BATCHES = (32, 256)
 LIBRARIES = ("captum", "torch")
 
