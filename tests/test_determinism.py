@@ -8,8 +8,9 @@ calls in one process. A method added later is picked up without a change here; o
 that needs an argument this table cannot supply fails, naming it.
 
 ``explain_dataset`` is checked for ``workers=1`` against ``workers=2`` (bitwise) on one
-device; splitting a batch over four devices changes the per-device batch shape that
-XLA compiles for, which is tested to float32 rounding in ``tests/test_scale.py``.
+device, and every method (and a SmoothGrad wrapper) for one device against four
+simulated CPU devices (``--xla_force_host_platform_device_count=4``): bitwise equal,
+because each device computes whole batches of ``batch_size`` images.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 TESTS = Path(__file__).resolve().parent
 
-SCRIPT = textwrap.dedent(
+PRELUDE = textwrap.dedent(
     """
     import hashlib, inspect, json
     import jax, numpy as np
@@ -51,19 +52,30 @@ SCRIPT = textwrap.dedent(
         return False
       return params[:3] == ["model", "images", "targets"]
 
+    def every_method():
+      \"\"\"(name, method, keyword arguments) for every method of the package.\"\"\"
+      for name in sorted(n for n in dir(methods) if not n.startswith("_")):
+        fn = getattr(methods, name)
+        if not callable(fn) or isinstance(fn, type) or not is_method(fn):
+          continue
+        kwargs = {}
+        for p in list(inspect.signature(fn).parameters.values())[3:]:
+          if p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
+            if p.name not in SUPPLY:
+              raise SystemExit(f"{name}: cannot supply required argument {p.name!r}")
+            kwargs[p.name] = SUPPLY[p.name]
+          elif p.name == "key":
+            kwargs["key"] = SUPPLY["key"]
+        yield name, fn, kwargs
+      yield "smoothgrad(gradients)", methods.smoothgrad(
+          methods.gradients, samples=4, key=SUPPLY["key"]), {}
+    """
+)
+
+SCRIPT = PRELUDE + textwrap.dedent(
+    """
     out = {}
-    for name in sorted(n for n in dir(methods) if not n.startswith("_")):
-      fn = getattr(methods, name)
-      if not callable(fn) or isinstance(fn, type) or not is_method(fn):
-        continue
-      kwargs = {}
-      for p in list(inspect.signature(fn).parameters.values())[3:]:
-        if p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
-          if p.name not in SUPPLY:
-            raise SystemExit(f"{name}: cannot supply required argument {p.name!r}")
-          kwargs[p.name] = SUPPLY[p.name]
-        elif p.name == "key":
-          kwargs["key"] = SUPPLY["key"]
+    for name, fn, kwargs in every_method():
       maps = [np.asarray(fn(model, images, targets, **kwargs)) for _ in range(2)]
       digests = [hashlib.sha256(np.ascontiguousarray(m).tobytes()).hexdigest() for m in maps]
       out[name] = digests
@@ -76,13 +88,33 @@ SCRIPT = textwrap.dedent(
     """
 )
 
+FOUR_DEVICES = PRELUDE + textwrap.dedent(
+    """
+    from jax.sharding import Mesh
 
-def _run_fresh_process() -> subprocess.Popen:
+    assert len(jax.devices()) == 4, jax.devices()
+    one = Mesh(np.asarray(jax.devices()[:1]), ("batch",))
+    more = np.concatenate([images, images[::-1] * 0.5, images[:2]])  # 10 digits
+    more_targets = np.concatenate([targets, targets[::-1], targets[:2]])
+    out = {}
+    for name, fn, kwargs in every_method():
+      # batches of 3: four batches, one per device, the last one padded
+      maps = [explain_dataset(fn, model, more, more_targets, batch_size=3, mesh=mesh,
+                              progress=False, **kwargs) for mesh in (None, one)]
+      out[name] = [hashlib.sha256(np.ascontiguousarray(m).tobytes()).hexdigest()
+                   for m in maps]
+    print(json.dumps(out))
+    """
+)
+
+
+def _run_fresh_process(script: str = SCRIPT, xla_flags: str = "") -> subprocess.Popen:
   env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), str(TESTS),
                                                     env.get("PYTHONPATH")]))
   env["JAX_PLATFORMS"] = "cpu"
-  return subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE,
+  return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
 
@@ -100,3 +132,13 @@ def test_every_method_is_bitwise_reproducible_across_processes():
   differing = sorted(name for name in a if a[name][0] != b[name][0])
   assert not differing, f"maps differ between two fresh processes: {differing}"
   assert a["explain_dataset workers=1"] == a["explain_dataset workers=2"]
+
+
+def test_every_method_is_bitwise_the_same_on_one_device_and_on_four():
+  process = _run_fresh_process(FOUR_DEVICES, "--xla_force_host_platform_device_count=4")
+  stdout, stderr = process.communicate(timeout=900)
+  assert process.returncode == 0, stderr[-3000:]
+  digests = json.loads(stdout.strip().splitlines()[-1])
+  assert len(digests) >= 15 and "smoothgrad(gradients)" in digests, sorted(digests)
+  differing = sorted(name for name, (four, one) in digests.items() if four != one)
+  assert not differing, f"maps differ between four devices and one: {differing}"

@@ -1,12 +1,12 @@
-"""Attributions for whole datasets, sharded over every available device.
+"""Attributions for whole datasets, on every available device at once.
 
 :func:`explain_dataset` runs any saliency method of :mod:`saliency_guide.methods`
 over a dataset that is too large for one call: it streams fixed-size batches
-(:func:`padded_batches`), splits each batch over the devices of a 1-D
-:class:`jax.sharding.Mesh` with a :class:`jax.sharding.NamedSharding`, and lets
-``jax.jit`` (inside the method) compile one program that runs on all of them at
-once. Nothing about the methods changes: a sharded input is all it takes,
-because every method is jitted and treats the images of a batch independently.
+(:func:`padded_batches`) and gives each device of a 1-D
+:class:`jax.sharding.Mesh` batches of its own, so that every device computes one
+at a time. Each batch is an ordinary call of the method on one device, with the
+same shape on every device: the maps are bitwise those of a one-device run with
+the same ``batch_size``, whatever the number of devices.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from saliency_guide.validation import check_callable, check_dataset, check_positive_int
 
@@ -127,18 +127,28 @@ def _padded_batches(images: Any, targets: Any, size: int) -> Iterator[PaddedBatc
     yield PaddedBatch(x, t, start, count)
 
 
-def _global_array(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A global array of ``batch`` laid out by ``sharding``; each process fills its own shards."""
-  return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+def _assemble_rows(stacked: Any, owner: np.ndarray) -> Any:
+  """Row ``i`` of every leaf from the process that computed it.
+
+  Args:
+    stacked: a pytree of ``(P, N, ...)`` arrays, one ``(N, ...)`` per process,
+      each holding the rows that process computed (anything elsewhere).
+    owner: ``(P, N)`` booleans, exactly one ``True`` per row.
+
+  Returns:
+    The pytree of ``(N, ...)`` arrays.
+  """
+  rows = np.arange(owner.shape[1])
+  source = np.argmax(owner, axis=0)
+  return jax.tree.map(lambda leaf: np.asarray(leaf)[source, rows], stacked)
 
 
-def _to_host(tree: Any) -> Any:
-  """Every leaf as one NumPy array (gathered from all processes when there are several)."""
-  if jax.process_count() > 1:  # pragma: no cover - needs several hosts
-    from jax.experimental import multihost_utils
+def _gather_processes(outputs: Any, owned: np.ndarray) -> Any:  # pragma: no cover - hosts
+  """Every process's rows, on every process (``process_allgather``, then row selection)."""
+  from jax.experimental import multihost_utils
 
-    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-  return jax.tree.map(np.asarray, tree)
+  stacked, owner = multihost_utils.process_allgather((outputs, owned), tiled=False)
+  return _assemble_rows(stacked, np.asarray(owner))
 
 
 def explain_dataset(
@@ -154,31 +164,37 @@ def explain_dataset(
     progress: bool | None = None,
     **options: Any,
 ) -> Any:
-  r"""Apply a saliency method to a whole dataset, batch by batch, sharded over devices.
+  r"""Apply a saliency method to a whole dataset, batch by batch, on every device at once.
 
   For batches :math:`X_k = (x_{kB}, \dots, x_{kB + B - 1})` of ``batch_size``
   :math:`B` images,
 
   .. math:: \text{result}[kB + i] = \text{method}(f, X_k, c_k, \text{options})[i],
 
-  the same maps as one call of ``method`` on the whole dataset (to rounding),
-  in input order. Each batch is split along its first axis over the ``D``
-  devices of ``mesh`` (:class:`jax.sharding.NamedSharding` with
-  ``PartitionSpec(axis)``) and the model's parameters are replicated on all of
-  them, so the method's jitted code runs on every device at once. A batch size
-  that is not a multiple of ``D`` is rounded up, and the last, partial batch is
-  padded by repeating its last image (:func:`padded_batches`): every call has
-  the same shape, so the method compiles once. Padded results are dropped. The next batch is
-  dispatched before the previous one is copied back to the host, so the copy
-  overlaps the computation.
+  in input order. Batch :math:`k` is computed on device :math:`k \bmod D` of the
+  ``D`` devices of ``mesh``, each holding its own copy of the model's
+  parameters: ``D`` batches are computed at once, and each is an ordinary call
+  of ``method`` on one device. The last, partial batch is padded by repeating
+  its last image (:func:`padded_batches`), so every call has the same shape and
+  the method compiles once per device; padded results are dropped. New batches
+  are dispatched before the oldest is copied back to the host, so the copies
+  overlap the computation.
+
+  **Same maps on any number of devices.** Every call sees :math:`B` images and the
+  same ``options`` (the same ``key`` included) whichever device runs it, so the
+  result is bitwise that of a one-device run with the same ``batch_size`` (for
+  devices of one kind), and of ``workers=1``. (A method's random draws, e.g.
+  SmoothGrad's noise, are made per call: the same key gives every batch the same
+  draws, as one device calling batch after batch does.) No program spans several
+  devices, so no collective operation runs.
 
   **Many hosts.** Call ``jax.distributed.initialize()`` first in every process
   (see :func:`jax.distributed.initialize`), then call ``explain_dataset`` in
   every process with the same arguments: the default mesh spans
-  ``jax.devices()``, i.e. every device of every host; each process copies only
-  the shards of its own devices to them (``jax.make_array_from_callback``), and
-  the result is gathered on every process
-  (``jax.experimental.multihost_utils.process_allgather``).
+  ``jax.devices()``, i.e. every device of every host; each process computes the
+  batches of its own devices, and the result is gathered on every process
+  (``jax.experimental.multihost_utils.process_allgather``; each process briefly
+  holds every process's copy, ``P × N`` rows).
 
   **One CPU, several cores.** XLA:CPU shows a whole CPU as one device, and its
   default convolution kernels run on one thread, so one call at a time leaves
@@ -188,7 +204,7 @@ def explain_dataset(
   threads concurrently), with exactly the maps of ``workers=1``; or start Python
   with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (process-wide, set
   before JAX starts; the package never sets it): JAX then lists N CPU devices,
-  the default mesh spans them, and each batch is split over the cores.
+  the default mesh spans them, and each computes batches of its own.
 
   Args:
     method: a saliency method ``method(model, images, targets, **options)``
@@ -197,17 +213,17 @@ def explain_dataset(
     model: the classifier.
     images: NumPy or JAX array ``(N, H, W, C)``.
     targets: integer array ``(N,)``, the class to explain for each image.
-    batch_size: images per call (over all devices together); rounded up to a
-      multiple of the number of devices. On a CPU, keep each call's buffers
-      under glibc's 32 MB ``mmap`` bound (e.g. 128 digits for gradients on the site's
-      models) so that freed memory is reused instead of page-faulted in again on
-      every call (measured on the Performance page).
-    mesh: a 1-D :class:`jax.sharding.Mesh`; default: all of ``jax.devices()``
-      on an axis named ``"batch"``.
-    workers: how many batches to compute at once, each in its own thread
-      (default 1: one at a time, the next dispatched while the previous is copied
-      back). More than 1 pays on a CPU (see above; memory grows with it: each
-      batch in flight holds its own buffers); single-process runs only.
+    batch_size: images per call, on each device. On a CPU, keep each call's
+      buffers under glibc's 32 MB ``mmap`` bound (e.g. 128 digits for gradients
+      on the site's models) so that freed memory is reused instead of
+      page-faulted in again on every call (measured on the Performance page).
+    mesh: a 1-D :class:`jax.sharding.Mesh` whose devices compute the batches;
+      default: all of ``jax.devices()`` on an axis named ``"batch"``.
+    workers: how many batches each device computes at once, each called from a
+      thread of its own (default 1: one at a time per device, the next dispatched
+      while the oldest is copied back). More than 1 pays on a CPU (see above;
+      memory grows with it: each batch in flight holds its own buffers);
+      single-process runs only.
     progress: show a ``tqdm`` progress bar; default: when there are at least
       :data:`PROGRESS_MIN_BATCHES` batches.
     **options: passed to ``method`` (e.g. ``steps=64, method="riemann_left"`` for
@@ -249,19 +265,16 @@ def explain_dataset(
   if progress is not None and not isinstance(progress, bool):
     raise TypeError(f"progress: expected True, False or None, got {progress!r}")
 
-  (axis,) = mesh.axis_names
-  devices = mesh.devices.size
-  per_call = math.ceil(batch_size / devices) * devices
-  data_sharding = NamedSharding(mesh, PartitionSpec(axis))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  # One copy of the parameters on every device, made once (a copy of the model:
+  devices = list(mesh.devices.flat)
+  # One copy of the parameters on each of this process's devices, made once (copies:
   # the caller's model keeps its own arrays).
   graphdef, state = nnx.split(model)
-  model = nnx.merge(graphdef, jax.device_put(state, replicated))
+  models = {device: nnx.merge(graphdef, jax.device_put(state, device))
+            for device in devices if device.process_index == jax.process_index()}
 
   n = images.shape[0]
   if progress is None:
-    progress = math.ceil(n / per_call) >= PROGRESS_MIN_BATCHES
+    progress = math.ceil(n / batch_size) >= PROGRESS_MIN_BATCHES
   bar = None
   if progress:
     from tqdm.auto import tqdm  # a notebook widget in Jupyter, text in a terminal
@@ -269,24 +282,27 @@ def explain_dataset(
     bar = tqdm(total=n, desc=getattr(method, "__name__", "explain_dataset"), unit="image")
 
   outputs: Any = None
+  owned = np.zeros(n, bool)  # the rows this process computed
 
   def collect(start: int, count: int, result: Any) -> None:
     nonlocal outputs
-    host = _to_host(result)
+    host = jax.tree.map(np.asarray, result)
     if outputs is None:
-      outputs = jax.tree.map(lambda leaf: np.empty((n, *leaf.shape[1:]), leaf.dtype), host)
+      outputs = jax.tree.map(lambda leaf: np.zeros((n, *leaf.shape[1:]), leaf.dtype), host)
     jax.tree.map(lambda out, leaf: out.__setitem__(slice(start, start + count), leaf[:count]),
                  outputs, host)
+    owned[start:start + count] = True
     if bar is not None:
       bar.update(count)
 
-  def call(x: np.ndarray, t: np.ndarray) -> Any:
-    return method(model, _global_array(x, data_sharding), _global_array(t, data_sharding),
+  def call(device: Any, x: np.ndarray, t: np.ndarray) -> Any:
+    return method(models[device], jax.device_put(x, device), jax.device_put(t, device),
                   **options)
 
-  # Batches in flight, oldest first: (start, count, result or Future). One more than
-  # ``workers``, so that a batch is always computing while the oldest is copied back.
+  # Batches in flight, oldest first: (start, count, result or Future). Up to ``workers``
+  # per device, plus one: a batch is always computing while the oldest is copied back.
   in_flight: collections.deque[tuple[int, int, Any]] = collections.deque()
+  capacity = workers * len(models)
 
   def collect_oldest() -> None:
     start, count, job = in_flight.popleft()
@@ -294,19 +310,27 @@ def explain_dataset(
 
   try:
     with contextlib.ExitStack() as stack:
-      pool = (stack.enter_context(futures.ThreadPoolExecutor(workers, "explain_dataset"))
+      pool = (stack.enter_context(futures.ThreadPoolExecutor(capacity, "explain_dataset"))
               if workers > 1 else None)
-      for x, t, start, count in _padded_batches(images, targets, per_call):
+      for k, (x, t, start, count) in enumerate(_padded_batches(images, targets, batch_size)):
+        device = devices[k % len(devices)]
+        if device not in models:  # another process's device computes this batch
+          continue
         if pool is None:
-          job = call(x, t)  # dispatched asynchronously
+          job = call(device, x, t)  # dispatched asynchronously
         else:  # a worker thread waits for its batch: XLA:CPU runs the threads' calls at once
-          job = pool.submit(lambda x=x, t=t: jax.block_until_ready(call(x, t)))
+          job = pool.submit(lambda d=device, x=x, t=t: jax.block_until_ready(call(d, x, t)))
         in_flight.append((start, count, job))
-        if len(in_flight) > workers:
+        if len(in_flight) > capacity:
           collect_oldest()
       while in_flight:
         collect_oldest()
   finally:
     if bar is not None:
       bar.close()
+  if jax.process_count() > 1:  # pragma: no cover - needs several hosts
+    if outputs is None:
+      raise ValueError(f"batch_size: {batch_size} leaves this process's devices without a "
+                       f"batch of the {n} images; use a smaller batch_size")
+    return _gather_processes(outputs, owned)
   return outputs
