@@ -7,7 +7,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saliency_guide.layers import max_pool_2x2, relu
+from saliency_guide.layers import max_pool_2x2, relu, relu_max_pool_2x2
 
 
 def _reference(x):
@@ -49,3 +49,54 @@ def test_relu_values_and_gradient_convention_at_zero():
   x = jnp.array([-1.0, 0.0, 2.0])
   np.testing.assert_array_equal(relu(x), [0.0, 0.0, 2.0])
   np.testing.assert_array_equal(jax.grad(lambda x: relu(x).sum())(x), [0.0, 0.0, 1.0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), levels=st.integers(1, 4))
+def test_fused_relu_max_pool_is_bitwise_the_composition(seed, levels):
+  # Few levels, centred on zero: ties, all-negative windows and exact zeros abound.
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.integers(-levels, levels + 1, (3, 6, 8, 2)).astype(np.float32) / 2)
+  cotangent = jnp.asarray(rng.normal(size=(3, 3, 4, 2)).astype(np.float32))
+
+  def composed(x):
+    return max_pool_2x2(relu(x))
+
+  fused_out, fused_vjp = jax.vjp(relu_max_pool_2x2, x)
+  plain_out, plain_vjp = jax.vjp(composed, x)
+  np.testing.assert_array_equal(fused_out, plain_out)
+  np.testing.assert_array_equal(fused_vjp(cotangent)[0], plain_vjp(cotangent)[0])
+  np.testing.assert_array_equal(relu_max_pool_2x2(x), composed(x))  # undifferentiated
+
+
+def test_fused_relu_max_pool_negative_window_gets_no_gradient():
+  x = jnp.array([[-1.0, -3.0], [-2.0, -1.0]]).reshape(1, 2, 2, 1)  # tie at the maximum
+  assert float(relu_max_pool_2x2(x).squeeze()) == 0.0
+  grad = jax.grad(lambda x: relu_max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(grad, jnp.zeros_like(x))
+
+
+def test_fused_relu_max_pool_forward_over_reverse():
+  # Grad-CAM++ differentiates the backward pass with jvp: it must match the composition.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype(np.float32))
+
+  def backward(f):
+    return lambda x: jax.grad(lambda x: (f(x) ** 2).sum())(x)
+
+  tangent = jnp.ones_like(x)
+  _, fused = jax.jvp(backward(relu_max_pool_2x2), (x,), (tangent,))
+  _, plain = jax.jvp(backward(lambda x: max_pool_2x2(relu(x))), (x,), (tangent,))
+  np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_models_fuse_only_with_the_default_relu_and_outside_a_capture():
+  from saliency_guide.methods import with_softplus
+  from saliency_guide.models import CNN, GapCNN
+
+  x = jnp.ones((2, 28, 28, 1))
+  for model in (CNN(rngs=nnx.Rngs(0)), GapCNN(rngs=nnx.Rngs(0))):
+    assert str(jax.make_jaxpr(model)(x)).count("relu_max_pool_2x2") == 2
+    smooth = with_softplus(model, beta=10.0)
+    assert "relu_max_pool_2x2" not in str(jax.make_jaxpr(smooth)(x))
+    _, captured = nnx.capture(model, nnx.Intermediate)(x)
+    assert {"conv1", "conv2"} <= set(captured), sorted(captured)  # full-size maps sown

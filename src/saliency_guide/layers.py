@@ -20,7 +20,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "conv_one_channel", "conv_same", "max_pool_2x2", "relu"]
+__all__ = ["conv_general_dilated", "conv_one_channel", "conv_same", "max_pool_2x2", "relu",
+           "relu_max_pool_2x2"]
+
+#: Custom-derivative functions that only speed a composition of other functions up
+#: (same values, same gradient): the jaxpr interpreters of the rule-based methods
+#: (Deconvolution, Guided Backprop, LRP, DeepLIFT) evaluate their body instead, so
+#: they see the ReLU and the max-pool inside.
+COMPOSITIONS = frozenset({"relu_max_pool_2x2"})
 
 
 def relu(x: jax.Array) -> jax.Array:
@@ -122,6 +129,58 @@ def _max_pool_bwd(x, g):
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@jax.custom_vjp
+def relu_max_pool_2x2(x: jax.Array) -> jax.Array:
+  r"""``max_pool_2x2(relu(x))``, with the ReLU applied after the pooling and a fused gradient.
+
+  .. math::
+
+     y = \max_{	ext{window}} \max(x, 0) = \maxig(\max_{	ext{window}} x,\ 0ig),
+     \qquad
+     rac{\partial y}{\partial x_{p}} = \mathbb{1}[y > 0]\,
+       \mathbb{1}[p = 	ext{first argmax of the window}].
+
+  The two orders are the same function (both are monotone), and the gradients are
+  equal too: where the window's maximum is positive its first maximum is the same
+  before and after the ReLU, and elsewhere both are zero. Differentiated, the ReLU and
+  its mask run on the pooled array, a quarter of the size: measured here, Integrated
+  Gradients on the site's CNN took 28 % less time
+  (``benchmarks/investigations/relu_after_pool.py``). Undifferentiated, this is the
+  plain composition, which is also what the rule-based methods read
+  (:data:`COMPOSITIONS`), so a modified ReLU or max-pool rule reaches both.
+
+  Args:
+    x: float array of shape ``(B, H, W, C)`` with even ``H`` and ``W``.
+
+  Returns:
+    Array of shape ``(B, H // 2, W // 2, C)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jnp.array([[-1.0, -3.0], [2.0, 2.0]]).reshape(1, 2, 2, 1)
+    >>> relu_max_pool_2x2(x)[0, :, :, 0]
+    Array([[2.]], dtype=float32)
+    >>> jax.grad(lambda x: relu_max_pool_2x2(x).sum())(x)[0, :, :, 0]
+    Array([[0., 0.],
+           [1., 0.]], dtype=float32)
+  """
+  return max_pool_2x2(relu(x))
+
+
+def _relu_max_pool_fwd(x):
+  return jax.nn.relu(_max_pool(x)), x
+
+
+def _relu_max_pool_bwd(x, g):
+  # The ReLU's mask on the pooled array, then the first maximum's routing (a window
+  # whose maximum is not positive gets no gradient, whichever position it would name).
+  g = jnp.where(_max_pool(x) > 0, g, jnp.zeros((), g.dtype))
+  return _max_pool_bwd(x, g)
+
+
+relu_max_pool_2x2.defvjp(_relu_max_pool_fwd, _relu_max_pool_bwd)
 
 
 # --------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.layers import conv_general_dilated, max_pool_2x2, relu
+from saliency_guide.layers import conv_general_dilated, max_pool_2x2, relu, relu_max_pool_2x2
 
 __all__ = ["CNN", "MLP", "FeatureMaps", "GapCNN", "conv_layer_names"]
 
@@ -75,6 +75,25 @@ class FeatureMaps(nnx.Module):
       return x
     self.sow(nnx.Intermediate, name, x)
     return self.perturb(name, x)
+
+  def activate_and_pool(self, name: str, x: jax.Array) -> jax.Array:
+    """``max_pool_2x2(self.expose(name, self.activation(x)))``, fused where it can be.
+
+    With the default activation (:func:`~saliency_guide.layers.relu`) and no capture
+    active, this is :func:`~saliency_guide.layers.relu_max_pool_2x2`: the same values
+    and gradient, faster. A swapped activation (``with_softplus``) or a capture (CAM
+    methods reading feature map ``name``) takes the composition.
+
+    Args:
+      name: feature-map name of the activation, one of ``self.feature_layers``.
+      x: the convolution's output, ``(B, H, W, K)``.
+
+    Returns:
+      ``(B, H // 2, W // 2, K)``.
+    """
+    if self.activation is relu and not hasattr(self, "__captures__"):
+      return relu_max_pool_2x2(x)
+    return max_pool_2x2(self.expose(name, self.activation(x)))
 
 
 def _conv(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -181,8 +200,8 @@ class CNN(FeatureMaps):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_images(x, 1)
-    x = max_pool_2x2(self.expose("conv1", self.activation(self.conv1(x))))
-    x = max_pool_2x2(self.expose("conv2", self.activation(self.conv2(x))))
+    x = self.activate_and_pool("conv1", self.conv1(x))
+    x = self.activate_and_pool("conv2", self.conv2(x))
     x = self.activation(self.dense(x.reshape(x.shape[0], -1)))
     return self.head(x)
 
@@ -233,8 +252,8 @@ class GapCNN(FeatureMaps):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_images(x, 1)
-    x = max_pool_2x2(self.expose("conv1", self.activation(self.conv1(x))))
-    x = max_pool_2x2(self.expose("conv2", self.activation(self.conv2(x))))
+    x = self.activate_and_pool("conv1", self.conv1(x))
+    x = self.activate_and_pool("conv2", self.conv2(x))
     x = self.expose("conv3", self.activation(self.conv3(x)))
     return self.head(jnp.mean(x, axis=(1, 2)))
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jcore
 
+from saliency_guide.layers import COMPOSITIONS
 from saliency_guide.methods._feature_maps import _replace, layer_name
 from saliency_guide.methods._relu_rules import (
     _CALLS,
@@ -542,6 +543,8 @@ def _run(jaxpr, consts: Sequence, args: Sequence, dep_in: Sequence[bool], owner:
           (isinstance(a, jcore.Literal) and _is_zero_value(a.val)) or a in zero
           for a in eqn.invars):
         zero.update(eqn.outvars)
+    elif name in _CUSTOM and _call_name(eqn) in COMPOSITIONS:  # a fused ReLU and max-pool
+      outs, out_dep = _run(body, body_consts, invals, d_in, owner, epsilon, here)
     elif name == "custom_vjp_call" and _call_name(eqn) == _LAYER_CALL:
       outs = _bind(eqn, invals)
     elif (i := _is_relu_max(eqn, zero)) is not None:

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.extend import core as jcore
 
+from saliency_guide.layers import COMPOSITIONS
 from saliency_guide.validation import check_model, check_number
 
 __all__ = ["ReluRuleModel", "apply_relu_rule", "replace_relus", "with_relu_rule", "with_softplus"]
@@ -234,6 +235,10 @@ def _plan(jaxpr, dependent: Sequence[bool], kinds: Sequence[str | None], owner: 
       raise _no_rule(owner, "an activation written with jnp.where(x > 0, ...)", here)
     elif name in _NO_RULE_PRIMITIVES:
       raise _no_rule(owner, _activation_name(eqn), here)
+    elif name in _CUSTOM and _call_name(eqn) in COMPOSITIONS:  # a fused ReLU and max-pool
+      sub = _plan_body(*_body_and_consts(eqn), d_in, k_in, owner, here)
+      action = ("inline", sub) if sub.relus else None
+      out_dep = list(sub.out_dependent)
     elif name in _CUSTOM:
       (body, consts), call = _body_and_consts(eqn), _call_name(eqn)
       if call in _NO_RULE_CALLS:
