@@ -55,11 +55,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-  """Build the site once into docs/_build/html, executing every tutorial (no server).
+  """Build the site once into docs/_build/html, executing the tutorials (no server).
 
   The package is installed as a reader installs it (not editable) and every notebook
   runs in a temporary folder (``nb_execution_in_temp``): a tutorial that needs the
   repository beside it fails here. (Sphinx's autodoc reads the docstrings from src/.)
+  In CI (``CI=true``) or with ``SALIENCY_GUIDE_DOCS_EXECUTION=force`` every page
+  executes; otherwise a page whose code, the package and what it reads are unchanged
+  takes its outputs from jupyter-cache (``docs/conf.py``), so an unchanged rebuild only
+  re-renders.
   """
   session.install(".[docs]")  # not editable: the kernels import the installed copy
   env = {**FAST_CPU_CONV, **{k: v for k, v in os.environ.items() if k == "XLA_FLAGS"}}
@@ -76,9 +80,11 @@ def docs(session: nox.Session) -> None:
   shutil.rmtree(DOCS_BUILD / "jupyter_execute", ignore_errors=True)
   # The decision guide reads what the comparison page measures in *this* build (the
   # page writes it into the model cache's folder, where any notebook finds it).
-  session.run("python", "-c", "import saliency_guide as sg; "
-              "(sg.zoo.cache_folder() / 'comparison_summary.json').unlink(missing_ok=True)",
-              env=env)
+  # (With cached outputs the comparison page does not run, and its last summary stays.)
+  if _forced_execution():
+    session.run("python", "-c", "import saliency_guide as sg; "
+                "(sg.zoo.cache_folder() / 'comparison_summary.json').unlink(missing_ok=True)",
+                env=env)
   # Notebook kernels must draw with Jupyter's inline backend: an inherited
   # MPLBACKEND=Agg (common in CI) would silently drop every figure from the site.
   # (Sphinx reads the pages in alphabetical order, one at a time: myst-nb executes
@@ -89,6 +95,12 @@ def docs(session: nox.Session) -> None:
       *session.posargs, env={**env, **inline},
   )
   session.log(f"Site built: {DOCS_BUILD / 'html' / 'index.html'}")
+
+
+def _forced_execution() -> bool:
+  """Whether the docs build executes every page (CI, or asked for); as in docs/conf.py."""
+  return (os.environ.get("CI", "").lower() in ("1", "true", "yes")
+          or os.environ.get("SALIENCY_GUIDE_DOCS_EXECUTION") == "force")
 
 
 @nox.session

@@ -1,15 +1,21 @@
 """Sphinx configuration of the saliency_guide site.
 
-Tutorials are Jupytext-paired MyST markdown notebooks executed on every build
-(`nb_execution_mode = "force"`); a cell error or any Sphinx warning fails the
-build (`nox -s docs` runs `sphinx-build -W`). Maths is typeset by a MathJax 3
+Tutorials are Jupytext-paired MyST markdown notebooks executed by myst-nb: in CI
+(`CI=true`) every page re-executes on every build (`nb_execution_mode = "force"`);
+locally a page's outputs are reused from jupyter-cache until its code *or anything
+it reads* changes (see `_execution_inputs`). A cell error or any Sphinx warning fails
+the build (`nox -s docs` runs `sphinx-build -W`). Maths is typeset by a MathJax 3
 served from the site itself (the `sphinx-mathjax-offline` package), so pages
 render without network access.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
 import os
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -50,7 +56,47 @@ exclude_patterns = [
 # -- MyST / myst-nb -----------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "substitution"]
 myst_heading_anchors = 3
-nb_execution_mode = "force"
+
+
+def _execution_inputs() -> str:
+  """A digest of what a page's outputs depend on besides its own code.
+
+  jupyter-cache matches a notebook by its code cells only. A page's outputs also depend
+  on the package (src/), the recorded benchmark files and scripts the Performance page
+  reads (benchmarks/), the project's pins (pyproject.toml), the installed libraries'
+  versions and the trained models (each record holds its parameters' SHA-256). A change
+  to any of them starts a new cache folder, so every page re-executes.
+  """
+  digest = hashlib.sha256()
+  files = sorted([*(ROOT / "src").rglob("*.py"), ROOT / "pyproject.toml",
+                  *(p for p in (ROOT / "benchmarks").rglob("*")
+                    if p.suffix in (".py", ".json", ".md", ".csv"))])
+  for path in files:
+    digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+  for library in ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "matplotlib",
+                  "scikit-image", "myst-nb"):
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+      digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
+  models = saliency_guide.zoo.cache_folder()
+  for record in sorted(models.rglob("record.json")):
+    digest.update(record.read_bytes())
+  return digest.hexdigest()[:16]
+
+
+# Files a page leaves for others when it executes; a cached page would not write them.
+_LEFT_BY_PAGES = (saliency_guide.zoo.cache_folder() / "comparison_summary.json",  # guide
+                  ROOT / "docs" / "_static" / "demo" / "data" / "weights.bin")  # demo
+
+
+_FORCE = (os.environ.get("CI", "").lower() in ("1", "true", "yes")
+          or os.environ.get("SALIENCY_GUIDE_DOCS_EXECUTION") == "force")
+nb_execution_mode = "force" if _FORCE else "cache"
+if not _FORCE:
+  _CACHES = ROOT / "docs" / "_build" / ".jupyter_cache"
+  nb_execution_cache_path = str(_CACHES / _execution_inputs())
+  for _old in _CACHES.glob("*"):  # only the current inputs' cache is kept
+    if str(_old) != nb_execution_cache_path or not all(f.exists() for f in _LEFT_BY_PAGES):
+      shutil.rmtree(_old, ignore_errors=True)
 nb_execution_allow_errors = False
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
