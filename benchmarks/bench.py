@@ -31,9 +31,10 @@ in its own worker process: ``--xla default`` (no flags: JAX as installed, what t
 package does; the default), ``--xla fast-conv`` (the documented opt-in) or
 ``--xla both``. ``--xla device-per-core`` (another documented opt-in) makes XLA
 present each CPU core as a device (``--xla_force_host_platform_device_count``) and
-splits every batch over them with a ``NamedSharding``, as
-:func:`saliency_guide.explain_dataset` does (batches the device count does not divide
-run on one device); ``--xla all`` runs the three settings.
+splits every batch over them with a ``NamedSharding``, as a single call can
+(:func:`saliency_guide.explain_dataset` gives each device batches of its own instead;
+batches the device count does not divide run on one device); ``--xla all`` runs the
+three settings.
 
 Results: ``benchmarks/results/<name>.csv`` and ``<name>.md`` (``--name``, default
 ``cpu``), with the machine, the versions, the load average and the date.
@@ -64,12 +65,15 @@ QUADRATURES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trape
 IG_STEPS = 64
 SG_SAMPLES = 25
 SG_NOISE = 0.15
+EG_SAMPLES = 64  # Expected Gradients: as many gradient passes as IG-64
+EG_REFERENCES = 64  # reference digits the baselines are drawn from
 PASS_IMAGES = 256  # images per forward/backward pass for the multi-pass methods, both sides
 METHODS = (
     "gradients",
     "gradients_x_inputs",
     *(f"ig64_{rule}" for rule in QUADRATURES),
     "smoothgrad25",
+    "eg64",
     "deconvolution",
     "guided_backprop",
     "grad_cam",
@@ -78,6 +82,7 @@ METHODS = (
 LOGIT_TOLERANCE = 1e-5
 PACKAGES = ("jax", "jaxlib", "flax", "torch", "captum", "numpy")  # versions in the record
 QUICK_IG = "ig64_gausslegendre"
+RANDOM = ("smoothgrad25", "eg64")  # compared with our own seed-to-seed difference
 
 
 # --------------------------------------------------------------------------------------
@@ -145,8 +150,24 @@ def load_data(batch: int, smoke: bool):
   return ({k: v.model for k, v in models.items()}, images[:batch], labels[:batch], source)
 
 
-def ours(method: str, model, images, targets) -> Callable[[], Any]:
-  """A no-argument call of our method (validation included, as a user calls it)."""
+def load_references(smoke: bool):
+  """The reference digits of Expected Gradients, ``(EG_REFERENCES, 28, 28, 1)``."""
+  import numpy as np
+
+  import saliency_guide as sg
+
+  if smoke:
+    return np.random.default_rng(1).uniform(size=(EG_REFERENCES, 28, 28, 1)).astype(np.float32)
+  images, _ = sg.pretrained(MODELS[0], progress=False).eval_data()
+  return np.asarray(images[-EG_REFERENCES:])  # the last digits: never explained here
+
+
+def ours(method: str, model, images, targets, references=None, seed: int = 0
+         ) -> Callable[[], Any]:
+  """A no-argument call of our method (validation included, as a user calls it).
+
+  ``references``: Expected Gradients' reference digits; ``seed``: the random methods' key.
+  """
   import jax
 
   from saliency_guide import methods as m
@@ -161,8 +182,12 @@ def ours(method: str, model, images, targets) -> Callable[[], Any]:
         model, images, targets, steps=IG_STEPS, method=rule, internal_batch_size=PASS_IMAGES)
   elif method == "smoothgrad25":
     smooth = m.smoothgrad(m.gradients, noise_level=SG_NOISE, samples=SG_SAMPLES,
-                          key=jax.random.key(0), batch_size=PASS_IMAGES)
+                          key=jax.random.key(seed), batch_size=PASS_IMAGES)
     fn = lambda: smooth(model, images, targets)  # noqa: E731
+  elif method == "eg64":
+    fn = lambda: m.expected_gradients(  # noqa: E731
+        model, images, targets, references=references, samples=EG_SAMPLES,
+        key=jax.random.key(seed), internal_batch_size=PASS_IMAGES)
   elif method == "deconvolution":
     fn = lambda: m.deconvolution(model, images, targets)  # noqa: E731
   elif method == "guided_backprop":
@@ -176,7 +201,7 @@ def ours(method: str, model, images, targets) -> Callable[[], Any]:
   return lambda: jax.block_until_ready(fn())
 
 
-def captum(method: str, model, images, targets) -> Callable[[], Any]:
+def captum(method: str, model, images, targets, references=None) -> Callable[[], Any]:
   """A no-argument call of Captum's implementation of ``method``."""
   import captum.attr as ca
   from torch_models import grad_cam_layer
@@ -202,6 +227,10 @@ def captum(method: str, model, images, targets) -> Callable[[], Any]:
     return lambda: algo.attribute(images, nt_type="smoothgrad", nt_samples=SG_SAMPLES,
                                   nt_samples_batch_size=per_pass, stdevs=SG_NOISE,
                                   target=targets, abs=False)
+  if method == "eg64":  # GradientShap without noise is Expected Gradients
+    algo = ca.GradientShap(model)  # (no batch option: all samples in one pass)
+    return lambda: algo.attribute(images, baselines=references, target=targets,
+                                  n_samples=EG_SAMPLES, stdevs=0.0)
   if method == "deconvolution":
     algo = ca.Deconvolution(model)
     return lambda: algo.attribute(images, target=targets)
@@ -286,6 +315,7 @@ def worker(args) -> list[dict[str, Any]]:
     images, targets, devices = harness.device_arrays(images_np, labels_np,
                                                       split=args.xla in SHARDED_MODES)
     images_t, targets_t = to_nchw(images_np), torch.from_numpy(labels_np.astype(np.int64))
+    references_np = load_references(args.smoke)
     for model_name in args.models:
       model = models[model_name]
       torch_model = from_flax(model)
@@ -296,8 +326,9 @@ def worker(args) -> list[dict[str, Any]]:
         print(f"[{args.xla}] {model_name} batch {batch}: {method} ...", file=sys.stderr,
               flush=True)
         gc.collect()
-        calls = {"ours": ours(method, model, images, targets),
-                 "captum": captum(method, torch_model, images_t, targets_t)}
+        calls = {"ours": ours(method, model, images, targets, references_np),
+                 "captum": captum(method, torch_model, images_t, targets_t,
+                                  to_nchw(references_np))}
         timings, outputs = interleaved(calls, args.repeats, args.min_seconds, args.max_repeats)
         reference, n = captum_reference(method, torch_model, images_t, targets_t,
                                         outputs["captum"])
@@ -321,26 +352,15 @@ def worker(args) -> list[dict[str, Any]]:
             rel_l2=rel_l2, max_rel=max_rel, compared_images=n, logit_error=logit_error,
             source=source,
         )
-        if method == "smoothgrad25":  # random: compare with our own seed-to-seed spread
-          again = ours_smoothgrad_other_seed(model, images, targets)
-          row["seed_rel_l2"] = differences(again, mine)[0]
+        if method in RANDOM:  # random: compare with our own seed-to-seed spread
+          again = np.asarray(ours(method, model, images, targets, references_np, seed=1)())
+          row["seed_rel_l2"] = differences(again[:n], mine)[0]
         rows.append(row)
         print(f"    ours {row['ours_median_ms']:.1f} ms, captum {row['captum_median_ms']:.1f} "
               f"ms, x{row['speedup']:.2f}, first {row['ours_first_s']:.2f} s, rel L2 "
               f"{rel_l2:.1e}", file=sys.stderr, flush=True)
         del calls, outputs
   return rows
-
-
-def ours_smoothgrad_other_seed(model, images, targets):
-  import jax
-  import numpy as np
-
-  from saliency_guide import methods as m
-
-  smooth = m.smoothgrad(m.gradients, noise_level=SG_NOISE, samples=SG_SAMPLES,
-                        key=jax.random.key(1), batch_size=PASS_IMAGES)
-  return np.asarray(smooth(model, images, targets))
 
 
 def memory_probe(args) -> list[dict[str, Any]]:
@@ -355,11 +375,13 @@ def memory_probe(args) -> list[dict[str, Any]]:
   if args.framework == "ours":
     images, targets, _ = harness.device_arrays(images_np, labels_np,
                                                 split=args.xla in SHARDED_MODES)
-    make = lambda method: ours(method, model, images, targets)  # noqa: E731
+    references = load_references(args.smoke)
+    make = lambda method: ours(method, model, images, targets, references)  # noqa: E731
   else:
     torch_model = from_flax(model)
+    references = to_nchw(load_references(args.smoke))
     make = lambda method: captum(method, torch_model, to_nchw(images_np),  # noqa: E731
-                                 torch.from_numpy(labels_np.astype(np.int64)))
+                                 torch.from_numpy(labels_np.astype(np.int64)), references)
   rows = []
   for method in args.methods:
     fn = make(method)
@@ -392,6 +414,7 @@ NAMES = {
     "gradients_x_inputs": "Gradients × Input",
     **{f"ig64_{rule}": f"IG-64, {rule}" for rule in QUADRATURES},
     "smoothgrad25": "SmoothGrad-25",
+    "eg64": "Expected Gradients-64",
     "deconvolution": "Deconvolution",
     "guided_backprop": "Guided Backprop",
     "grad_cam": "Grad-CAM",
@@ -427,7 +450,11 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
       f"IG: black baseline, {IG_STEPS} nodes, {PASS_IMAGES} path points per pass on both "
       f"sides (Captum's `internal_batch_size`; at least 2 × batch for Captum, its minimum). "
       f"SmoothGrad: {SG_SAMPLES} samples, noise {SG_NOISE} (Captum `stdevs`), "
-      f"{PASS_IMAGES} noisy images per pass on both sides. Grad-CAM on the last conv layer, "
+      f"{PASS_IMAGES} noisy images per pass on both sides. Expected Gradients: "
+      f"{EG_SAMPLES} samples (a reference and a position on the path drawn for each) from "
+      f"{EG_REFERENCES} reference digits (the last of the evaluation split), "
+      f"{PASS_IMAGES} path points per pass for us, Captum's `GradientShap` with `stdevs=0` "
+      "(it has no batch option: all samples in one pass). Grad-CAM on the last conv layer, "
       "upsampled bilinearly on both sides. Peak memory probed with the "
       + (f"{record['memory_setting']} setting." if "memory_setting" in record
          else "first XLA setting listed below."),
@@ -437,7 +464,8 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
       "call*: our first call (tracing + XLA compilation + one run), wall-clock seconds; "
       "*compile*: first call − median warm call. *peak MB*: largest growth of the resident "
       "set during one warm call. *rel. L2*: ‖ours − Captum‖ / ‖Captum‖; *max rel.*: "
-      "max |ours − Captum| / max |Captum| (SmoothGrad draws different noise in each "
+      "max |ours − Captum| / max |Captum| (SmoothGrad and Expected Gradients draw "
+      "different noise and baselines in each "
       "framework: there the figure in brackets is our own seed-to-seed difference, the "
       "level expected from noise alone; Captum's `riemann_trapezoid` has different "
       "weights, so it is compared re-run with the textbook weights on ≤ 32 images).",
@@ -605,7 +633,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
       args.models = ["cnn"]
     args.repeats, args.min_seconds, args.max_repeats = 2, 0.0, 2
     if args.methods == list(METHODS):
-      args.methods = ["gradients", "ig64_riemann_trapezoid", "smoothgrad25", "grad_cam",
+      args.methods = ["gradients", "ig64_riemann_trapezoid", "smoothgrad25", "eg64", "grad_cam",
                       "guided_grad_cam"]
     if args.name == "cpu":
       args.name = ""
