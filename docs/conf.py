@@ -94,9 +94,18 @@ nb_execution_mode = "force" if _FORCE else "cache"
 if not _FORCE:
   _CACHES = ROOT / "docs" / "_build" / ".jupyter_cache"
   nb_execution_cache_path = str(_CACHES / _execution_inputs())
-  for _old in _CACHES.glob("*"):  # only the current inputs' cache is kept
-    if str(_old) != nb_execution_cache_path or not all(f.exists() for f in _LEFT_BY_PAGES):
-      shutil.rmtree(_old, ignore_errors=True)
+
+
+def _prune_execution_caches(app) -> None:
+  """Keep only the current inputs' cache, and only while the files pages leave exist.
+
+  Runs when Sphinx starts building (not when this file is merely read).
+  """
+  if _FORCE:
+    return
+  for old in _CACHES.glob("*"):
+    if str(old) != nb_execution_cache_path or not all(f.exists() for f in _LEFT_BY_PAGES):
+      shutil.rmtree(old, ignore_errors=True)
 nb_execution_allow_errors = False
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
@@ -150,3 +159,7 @@ html_theme_options = {
 }
 html_context = {"default_mode": "light"}  # else a first visit logs "invalid theme mode"
 html_last_updated_fmt = ""
+
+
+def setup(app) -> None:
+  app.connect("builder-inited", _prune_execution_caches)
