@@ -7,6 +7,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saliency_guide import layers
 from saliency_guide.layers import max_pool_2x2, relu, relu_max_pool_2x2
 
 
@@ -89,14 +90,57 @@ def test_fused_relu_max_pool_forward_over_reverse():
   np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-6)
 
 
-def test_models_fuse_only_with_the_default_relu_and_outside_a_capture():
+def test_the_fused_order_is_chosen_by_the_xla_setting(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+  assert layers.relu_after_pool_pays() == (jax.default_backend() == "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_other=1")
+  assert layers.relu_after_pool_pays() == (jax.default_backend() == "cpu")
+  for flags in ("", "--xla_cpu_experimental_ynn_fusion_type=all"):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert not layers.relu_after_pool_pays()
+
+
+def test_models_fuse_only_with_the_default_relu_and_outside_a_capture(monkeypatch):
   from saliency_guide.methods import with_softplus
   from saliency_guide.models import CNN, GapCNN
 
   x = jnp.ones((2, 28, 28, 1))
+  monkeypatch.setattr(layers, "relu_after_pool_pays", lambda: False)
+  assert "relu_max_pool_2x2" not in str(jax.make_jaxpr(CNN(rngs=nnx.Rngs(0)))(x))
+  monkeypatch.setattr(layers, "relu_after_pool_pays", lambda: True)
   for model in (CNN(rngs=nnx.Rngs(0)), GapCNN(rngs=nnx.Rngs(0))):
     assert str(jax.make_jaxpr(model)(x)).count("relu_max_pool_2x2") == 2
     smooth = with_softplus(model, beta=10.0)
     assert "relu_max_pool_2x2" not in str(jax.make_jaxpr(smooth)(x))
     _, captured = nnx.capture(model, nnx.Intermediate)(x)
     assert {"conv1", "conv2"} <= set(captured), sorted(captured)  # full-size maps sown
+
+
+def test_every_rule_based_method_gives_the_same_maps_through_the_fused_order(monkeypatch):
+  # The rule interpreters read relu_max_pool_2x2's body: with the fused order on, their
+  # maps must be those of the composition (jit caches cleared: the choice is made while
+  # tracing).
+  from saliency_guide import methods
+  from saliency_guide.models import CNN
+
+  model = CNN(channels=(4, 8), hidden=16, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray((rng.random((3, 28, 28, 1)) * (rng.random((3, 28, 28, 1)) > 0.6))
+                  .astype(np.float32))  # zero background: tied windows
+  t = jnp.array([0, 3, 7])
+  calls = {
+      "gradients": lambda: methods.gradients(model, x, t),
+      "guided_backprop": lambda: methods.guided_backprop(model, x, t),
+      "deconvolution": lambda: methods.deconvolution(model, x, t),
+      "lrp": lambda: methods.lrp(model, x, t, composite="epsilon_plus_flat"),
+      "deeplift": lambda: methods.deeplift(model, x, t),
+      "grad_cam_plus_plus": lambda: methods.grad_cam_plus_plus(model, x, t),
+  }
+  maps = {}
+  for fused in (False, True):
+    monkeypatch.setattr(layers, "relu_after_pool_pays", lambda fused=fused: fused)
+    jax.clear_caches()
+    maps[fused] = {name: np.asarray(call()) for name, call in calls.items()}
+  for name in calls:
+    np.testing.assert_allclose(maps[True][name], maps[False][name], rtol=1e-6, atol=1e-7,
+                               err_msg=name)

@@ -16,12 +16,15 @@ with the same parameters and the same numbers to float32 rounding.
 
 from __future__ import annotations
 
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["conv_general_dilated", "conv_one_channel", "conv_same", "max_pool_2x2", "relu",
-           "relu_max_pool_2x2"]
+           "relu_after_pool_pays", "relu_max_pool_2x2"]
 
 #: Custom-derivative functions that only speed a composition of other functions up
 #: (same values, same gradient): the jaxpr interpreters of the rule-based methods
@@ -145,11 +148,11 @@ def relu_max_pool_2x2(x: jax.Array) -> jax.Array:
   The two orders are the same function (both are monotone), and the gradients are
   equal too: where the window's maximum is positive its first maximum is the same
   before and after the ReLU, and elsewhere both are zero. Differentiated, the ReLU and
-  its mask run on the pooled array, a quarter of the size: measured here, Integrated
-  Gradients on the site's CNN took 28 % less time
-  (``benchmarks/investigations/relu_after_pool.py``). Undifferentiated, this is the
-  plain composition, which is also what the rule-based methods read
-  (:data:`COMPOSITIONS`), so a modified ReLU or max-pool rule reaches both.
+  its mask run on the pooled array, a quarter of the size. Whether that pays depends on
+  the backend and its settings (:func:`relu_after_pool_pays`, which the models ask).
+  Undifferentiated, this is the plain composition, which is also what the rule-based
+  methods read (:data:`COMPOSITIONS`), so a modified ReLU or max-pool rule reaches
+  both.
 
   Args:
     x: float array of shape ``(B, H, W, C)`` with even ``H`` and ``W``.
@@ -167,6 +170,26 @@ def relu_max_pool_2x2(x: jax.Array) -> jax.Array:
            [1., 0.]], dtype=float32)
   """
   return max_pool_2x2(relu(x))
+
+
+_YNN_FUSION_OFF = re.compile(r"--xla_cpu_experimental_ynn_fusion_type=(\s|$)")
+
+
+def relu_after_pool_pays() -> bool:
+  """Whether the models should use :func:`relu_max_pool_2x2` rather than the composition.
+
+  Measured on the CPU (``benchmarks/investigations/relu_after_pool.py``): with XLA's
+  multi-threaded convolutions (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=``)
+  it made Integrated Gradients 1.2–1.35× as fast; with XLA:CPU's defaults, whose
+  YNNPACK fusions take bias and ReLU into the convolution, it made a gradient map
+  slower (0.8×). So: on the CPU, only with that flag; on other backends, never (not
+  measured). Either way the maps are bitwise the same.
+
+  Returns:
+    ``True`` on the CPU backend when ``XLA_FLAGS`` turns the YNNPACK fusions off.
+  """
+  return (jax.default_backend() == "cpu"
+          and _YNN_FUSION_OFF.search(os.environ.get("XLA_FLAGS", "")) is not None)
 
 
 def _relu_max_pool_fwd(x):

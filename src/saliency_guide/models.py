@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from saliency_guide.layers import conv_general_dilated, max_pool_2x2, relu, relu_max_pool_2x2
+from saliency_guide import layers
+from saliency_guide.layers import conv_general_dilated, max_pool_2x2, relu
 
 __all__ = ["CNN", "MLP", "FeatureMaps", "GapCNN", "conv_layer_names"]
 
@@ -79,10 +80,12 @@ class FeatureMaps(nnx.Module):
   def activate_and_pool(self, name: str, x: jax.Array) -> jax.Array:
     """``max_pool_2x2(self.expose(name, self.activation(x)))``, fused where it can be.
 
-    With the default activation (:func:`~saliency_guide.layers.relu`) and no capture
-    active, this is :func:`~saliency_guide.layers.relu_max_pool_2x2`: the same values
-    and gradient, faster. A swapped activation (``with_softplus``) or a capture (CAM
-    methods reading feature map ``name``) takes the composition.
+    With the default activation (:func:`~saliency_guide.layers.relu`), no capture
+    active and where it pays (:func:`~saliency_guide.layers.relu_after_pool_pays`),
+    this is :func:`~saliency_guide.layers.relu_max_pool_2x2`: the same values and
+    gradient, bitwise, faster. Otherwise, e.g. with a swapped activation
+    (``with_softplus``) or under a capture (CAM methods reading feature map ``name``),
+    it is the composition.
 
     Args:
       name: feature-map name of the activation, one of ``self.feature_layers``.
@@ -91,8 +94,9 @@ class FeatureMaps(nnx.Module):
     Returns:
       ``(B, H // 2, W // 2, K)``.
     """
-    if self.activation is relu and not hasattr(self, "__captures__"):
-      return relu_max_pool_2x2(x)
+    if (self.activation is relu and not hasattr(self, "__captures__")
+        and layers.relu_after_pool_pays()):
+      return layers.relu_max_pool_2x2(x)
     return max_pool_2x2(self.expose(name, self.activation(x)))
 
 
