@@ -148,6 +148,16 @@ def run_in_fresh_process(script: str | Path, args: Sequence[str], *, xla_flags: 
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def in_each_xla_setting(script: str | Path, settings: Sequence[str]) -> dict[str, Any]:
+  """``{setting: result}``: ``python script --worker`` in a fresh process per setting.
+
+  Each process has only that setting's ``XLA_FLAGS`` (:data:`XLA_MODES`), as
+  :func:`run_in_fresh_process` starts it.
+  """
+  return {setting: run_in_fresh_process(script, ["--worker"], xla_flags=XLA_MODES[setting])
+          for setting in settings}
+
+
 def device_arrays(images, labels, split: bool):
   """``(images, labels, devices)`` as JAX arrays, split along the batch over every device.
 

@@ -80,9 +80,7 @@ def parameters() -> dict:
 
 def measure() -> dict[str, Results]:
   """``{setting: results}``, each setting in a fresh process with only its XLA flag."""
-  return {setting: harness.run_in_fresh_process(__file__, ["--worker"],
-                                                xla_flags=harness.XLA_MODES[setting])
-          for setting in SETTINGS}
+  return harness.in_each_xla_setting(__file__, SETTINGS)
 
 
 def report(results: dict[str, Results], params: dict | None = None) -> str:
