@@ -180,10 +180,9 @@ def relu_after_pool_pays() -> bool:
 
   Measured on the CPU (``benchmarks/investigations/relu_after_pool.py``): with XLA's
   multi-threaded convolutions (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=``)
-  it made Integrated Gradients 1.2–1.35× as fast; with XLA:CPU's defaults, whose
-  YNNPACK fusions take bias and ReLU into the convolution, it made a gradient map
-  slower (0.8×). So: on the CPU, only with that flag; on other backends, never (not
-  measured). Either way the maps are bitwise the same.
+  it made Integrated Gradients 1.2–1.35× as fast; with XLA:CPU's defaults (YNNPACK
+  fusions) it made a gradient map slower (0.8×). So: on the CPU, only with that flag;
+  on other backends, never (not measured). Either way the maps are bitwise the same.
 
   Returns:
     ``True`` on the CPU backend when ``XLA_FLAGS`` turns the YNNPACK fusions off.
