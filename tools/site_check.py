@@ -50,6 +50,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 CHROMIUM_FLAGS = [
@@ -81,6 +82,9 @@ def _status(url: str) -> tuple[int, bytes]:
     return err.code, b""
 
 
+NETWORK_IDLE_MS = 180_000  # how long a page may take to finish loading
+
+
 def check_page(page, base: str, relpath: str, problems: list[str], shots: Path | None) -> dict:
   """Load one page and record every problem found in ``problems``."""
   console_errors: list[str] = []
@@ -94,7 +98,14 @@ def check_page(page, base: str, relpath: str, problems: list[str], shots: Path |
   # Wait for MathJax (if the page loads it) to finish typesetting.
   page.evaluate("() => window.MathJax && MathJax.startup && MathJax.startup.promise"
                 " ? MathJax.startup.promise : null")
-  page.wait_for_load_state("networkidle")
+  # Every image and font requested, nothing pending. On a busy 2-core CI machine a
+  # long page can take more than Playwright's default 30 s to get there: wait longer,
+  # and report a page that never settles instead of stopping the whole check.
+  try:
+    page.wait_for_load_state("networkidle", timeout=NETWORK_IDLE_MS)
+  except PlaywrightTimeout:
+    problems.append(f"{where} requests still pending after {NETWORK_IDLE_MS / 1000:.0f} s")
+    return {}
   info = page.evaluate("""() => {
     const imgs = [...document.images].map(i => ({src: i.currentSrc || i.src, w: i.naturalWidth}));
     const main = document.querySelector('main') || document.body;
@@ -334,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
           if not check_notebook_download(base, relpath, info["links"], problems):
             problems.append(f"{relpath}: no .ipynb download link")
         print(f"checked {relpath}: {len(info['imgs'])} images, {info['mathOut']} typeset maths, "
-              f"{len(info['links'])} links")
+              f"{len(info['links'])} links", flush=True)
       if (site / DEMO_PAGE).exists():
         measured = check_demo(context, base, site, problems)
         if args.record_demo is not None and measured:
