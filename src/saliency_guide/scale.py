@@ -93,7 +93,8 @@ def padded_batches(
     targets: integer array ``(N,)``.
     batch_size: rows per batch, before rounding.
     multiple: round ``batch_size`` up to a multiple of this (e.g. the number of
-      devices a batch is split over).
+      devices you split each batch over yourself; :func:`explain_dataset` does not
+      split batches, it gives each device whole ones).
 
   Returns:
     An iterator of :class:`PaddedBatch`, in dataset order.
