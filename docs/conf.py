@@ -1,12 +1,14 @@
 """Sphinx configuration of the saliency_guide site.
 
-Tutorials are Jupytext-paired MyST markdown notebooks executed by myst-nb: in CI
-(`CI=true`) every page re-executes on every build (`nb_execution_mode = "force"`);
-locally a page's outputs are reused from jupyter-cache until its code *or anything
-it reads* changes (see `_execution_inputs`). A cell error or any Sphinx warning fails
-the build (`nox -s docs` runs `sphinx-build -W`). Maths is typeset by a MathJax 3
-served from the site itself (the `sphinx-mathjax-offline` package), so pages
-render without network access.
+Tutorials are Jupytext-paired MyST markdown notebooks executed on every build: in CI
+(`CI=true`) every page re-executes; locally a page's outputs are reused from
+jupyter-cache until its code *or anything it reads* changes (see `_execution_inputs`).
+`nox -s docs` executes the pages two at a time first (`tools/execute_pages.py`, as
+myst-nb would, into the cache) and Sphinx then reads their outputs; a plain
+`sphinx-build` executes what is not cached itself, one page at a time. A cell error
+or any Sphinx warning fails the build (`nox -s docs` runs `sphinx-build -W`). Maths
+is typeset by a MathJax 3 served from the site itself (the `sphinx-mathjax-offline`
+package), so pages render without network access.
 """
 
 from __future__ import annotations
@@ -90,18 +92,28 @@ _LEFT_BY_PAGES = (saliency_guide.zoo.cache_folder() / "comparison_summary.json",
 
 _FORCE = (os.environ.get("CI", "").lower() in ("1", "true", "yes")
           or os.environ.get("SALIENCY_GUIDE_DOCS_EXECUTION") == "force")
-nb_execution_mode = "force" if _FORCE else "cache"
-if not _FORCE:
-  _CACHES = ROOT / "docs" / "_build" / ".jupyter_cache"
+_CACHES = ROOT / "docs" / "_build" / ".jupyter_cache"
+# nox -s docs executes the pages two at a time (tools/execute_pages.py) into a cache
+# folder and names it here; in CI that folder is new, so every page still executes.
+_EXECUTED_INTO = os.environ.get("SALIENCY_GUIDE_DOCS_CACHE")
+if _EXECUTED_INTO:
+  nb_execution_mode = "cache"
+  nb_execution_cache_path = _EXECUTED_INTO
+elif _FORCE:
+  nb_execution_mode = "force"
+else:
+  nb_execution_mode = "cache"
   nb_execution_cache_path = str(_CACHES / _execution_inputs())
 
 
 def _prune_execution_caches(app) -> None:
   """Keep only the current inputs' cache, and only while the files pages leave exist.
 
-  Runs when Sphinx starts building (not when this file is merely read).
+  Runs when Sphinx starts building (not when this file is merely read), and from
+  tools/execute_pages.py before it looks for cached pages. A folder named by
+  SALIENCY_GUIDE_DOCS_CACHE is left alone.
   """
-  if _FORCE:
+  if _FORCE or _EXECUTED_INTO:
     return
   for old in _CACHES.glob("*"):
     if str(old) != nb_execution_cache_path or not all(f.exists() for f in _LEFT_BY_PAGES):
