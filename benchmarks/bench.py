@@ -337,11 +337,13 @@ def worker(args) -> list[dict[str, Any]]:
         if mine.ndim == 3 and theirs.ndim == 4:  # Grad-CAM: Captum keeps a channel axis
           theirs = theirs[..., 0]
         rel_l2, max_rel = differences(mine, theirs.reshape(mine.shape))
+        low, high = harness.ratio_range(timings["captum"], timings["ours"])
         row = dict(
             xla=args.xla, model=model_name, method=method, batch=batch, devices=devices,
             ours_maps_per_s=batch / timings["ours"].median_s,
             captum_maps_per_s=batch / timings["captum"].median_s,
             speedup=timings["captum"].median_s / timings["ours"].median_s,
+            speedup_low=low, speedup_high=high,
             ours_median_ms=1e3 * timings["ours"].median_s,
             captum_median_ms=1e3 * timings["captum"].median_s,
             ours_first_s=timings["ours"].first_s,
@@ -460,7 +462,8 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
          else "first XLA setting listed below."),
       "",
       "**Columns.** *maps/s*: batch / median time of ≥ 5 warm calls, the two frameworks' "
-      "calls interleaved. *×*: Captum's median time / ours (> 1: we are faster). *first "
+      "calls interleaved. *×*: Captum's median time / ours (> 1: we are faster); in "
+      "brackets the smallest and largest ratio of one round's back-to-back calls. *first "
       "call*: our first call (tracing + XLA compilation + one run), wall-clock seconds; "
       "*compile*: first call − median warm call. *peak MB*: largest growth of the resident "
       "set during one warm call. *rel. L2*: ‖ours − Captum‖ / ‖Captum‖; *max rel.*: "
@@ -501,10 +504,17 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
         lines.append(
             f"| {NAMES.get(r['method'], r['method'])} | {r['batch']} | "
             f"{_fmt(r['ours_maps_per_s'])} | {_fmt(r['captum_maps_per_s'])} | "
-            f"**{r['speedup']:.2f}** | {r['ours_first_s']:.2f} | {compile_s:.2f} | "
+            f"**{r['speedup']:.2f}**{_spread(r)} | {r['ours_first_s']:.2f} | {compile_s:.2f} | "
             f"{peak} | {rel} | {r['max_rel']:.1e} |")
       lines.append("")
   return "\n".join(lines)
+
+
+def _spread(row: dict[str, Any]) -> str:
+  """`` (low–high)``: the per-round range of the ratio, where the row recorded it."""
+  if row.get("speedup_low") is None:
+    return ""
+  return f" ({row['speedup_low']:.2f}–{row['speedup_high']:.2f})"
 
 
 def _numbers(row: dict[str, str]) -> dict[str, Any]:

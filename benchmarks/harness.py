@@ -68,6 +68,20 @@ class Timing:
     return statistics.median(self.times_s)
 
 
+def ratio_range(slow: Timing, fast: Timing) -> tuple[float, float]:
+  """The smallest and largest per-round ratio ``slow / fast`` of interleaved calls.
+
+  Round *i* called both back to back, so its ratio is the one least disturbed by a
+  change of background load; the range over rounds is the spread beside the ratio of
+  medians. (Each round's ratio pairs the *i*-th timed call of each.)
+  """
+  if len(slow.times_s) != len(fast.times_s) or not slow.times_s:
+    raise ValueError(f"need the same number (≥ 1) of timed calls of each, got "
+                     f"{len(slow.times_s)} and {len(fast.times_s)}")
+  ratios = [a / b for a, b in zip(slow.times_s, fast.times_s, strict=True)]
+  return min(ratios), max(ratios)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
   """``(wall seconds, fn())``."""
   start = time.perf_counter()

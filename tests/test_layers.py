@@ -95,9 +95,11 @@ def test_the_fused_order_is_chosen_by_the_xla_setting(monkeypatch):
   assert layers.relu_after_pool_pays() == (jax.default_backend() == "cpu")
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_other=1")
   assert layers.relu_after_pool_pays() == (jax.default_backend() == "cpu")
+  assert layers.ynn_fusions_off() == (jax.default_backend() == "cpu")
   for flags in ("", "--xla_cpu_experimental_ynn_fusion_type=all"):
     monkeypatch.setenv("XLA_FLAGS", flags)
     assert not layers.relu_after_pool_pays()
+    assert not layers.ynn_fusions_off()
 
 
 def test_models_fuse_only_with_the_default_relu_and_outside_a_capture(monkeypatch):

@@ -10,6 +10,8 @@ one call per chunk for other callables) is pinned to the plain version.
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -287,6 +289,44 @@ def test_chunking_changes_nothing():
                              batch_size=size)(model, images, targets) for size in (1, 9, 100)]
   np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", [methods.gradients, methods.grad_cam])
+@pytest.mark.parametrize("batch_size", [3, 1000])
+def test_noise_drawn_before_the_passes_gives_bitwise_the_same_maps(monkeypatch, method,
+                                                                   batch_size):
+  """With the fast-conv opt-in the noisy copies are drawn before the passes: the same
+  values, so the same maps, bit for bit (one chunk per sample, or all in one)."""
+  engine = importlib.import_module("saliency_guide.methods.smoothgrad")  # the module
+  model = CNN(channels=(2, 3), hidden=4, rngs=nnx.Rngs(0))
+  images, targets = rand(0, (5, 28, 28, 1)), jnp.arange(5) % 10
+  maps, asked = {}, []
+  for first in (False, True):
+    def choose(images, samples, first=first):
+      asked.append(first)
+      return first
+
+    monkeypatch.setattr(engine, "_noise_first", choose)
+    jax.clear_caches()  # the choice is made when the core is traced
+    smooth = methods.smoothgrad(method, samples=6, key=jax.random.key(2),
+                                variant="vargrad", batch_size=batch_size)
+    maps[first] = np.asarray(smooth(model, images, targets))
+  assert set(asked) == {False, True}  # both orders were traced
+  assert np.array_equal(maps[False], maps[True])
+
+
+def test_noise_is_drawn_first_only_with_the_opt_in_and_while_it_fits(monkeypatch):
+  from saliency_guide import layers
+
+  engine = importlib.import_module("saliency_guide.methods.smoothgrad")
+
+  images = jnp.zeros((256, 28, 28, 1))
+  monkeypatch.setattr(layers, "ynn_fusions_off", lambda: False)
+  assert not engine._noise_first(images, 25)  # XLA:CPU's defaults: inside each pass
+  monkeypatch.setattr(layers, "ynn_fusions_off", lambda: True)
+  assert engine._noise_first(images, 25)  # 20 MB of noisy copies
+  too_many = engine.NOISE_FIRST_BYTES // (images.size * 4) + 1
+  assert not engine._noise_first(images, too_many)
 
 
 @settings(max_examples=10, deadline=None)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["conv_general_dilated", "conv_one_channel", "conv_same", "max_pool_2x2", "relu",
-           "relu_after_pool_pays", "relu_max_pool_2x2"]
+           "relu_after_pool_pays", "relu_max_pool_2x2", "ynn_fusions_off"]
 
 #: Custom-derivative functions that only speed a composition of other functions up
 #: (same values, same gradient): the jaxpr interpreters of the rule-based methods
@@ -183,6 +183,20 @@ def relu_after_pool_pays() -> bool:
   it made Integrated Gradients 1.2–1.35× as fast; with XLA:CPU's defaults (YNNPACK
   fusions) it made a gradient map slower (0.8×). So: on the CPU, only with that flag;
   on other backends, never (not measured). Either way the maps are bitwise the same.
+
+  Returns:
+    ``True`` on the CPU backend when ``XLA_FLAGS`` turns the YNNPACK fusions off.
+  """
+  return ynn_fusions_off()
+
+
+def ynn_fusions_off() -> bool:
+  """Whether this is XLA:CPU with its YNNPACK fusions off (the fast-conv opt-in).
+
+  ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` gives XLA:CPU's own
+  multi-threaded convolutions; programs that run fastest with them can differ in
+  shape from those fastest under the defaults (:func:`relu_after_pool_pays`,
+  SmoothGrad's noise drawn before its passes).
 
   Returns:
     ``True`` on the CPU backend when ``XLA_FLAGS`` turns the YNNPACK fusions off.
