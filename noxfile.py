@@ -87,20 +87,14 @@ def docs(session: nox.Session) -> None:
                 env=env)
   # Notebook kernels must draw with Jupyter's inline backend: an inherited
   # MPLBACKEND=Agg (common in CI) would silently drop every figure from the site.
-  env = {**env, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+  inline = {**env, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
   # The pages execute two at a time (the comparison page before the guide that reads
-  # its summary) into jupyter-cache, as myst-nb would; Sphinx then reads the outputs.
-  # When every page must execute, they go into a new folder, named for Sphinx.
-  if _forced_execution():
-    executed = DOCS_BUILD / ".jupyter_cache" / "executed-this-build"
-    shutil.rmtree(executed, ignore_errors=True)
-    session.run("python", "tools/execute_pages.py", "--cache", str(executed), env=env)
-    env["SALIENCY_GUIDE_DOCS_CACHE"] = str(executed)
-  else:
-    session.run("python", "tools/execute_pages.py", env=env)
+  # its summary) into jupyter-cache, as myst-nb would (docs/conf.py names the folder;
+  # in CI a new one, so every page executes); Sphinx then reads their outputs.
+  session.run("python", "tools/execute_pages.py", env=inline)
   session.run(
       "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(DOCS_BUILD / "html"),
-      *session.posargs, env=env,
+      *session.posargs, env=inline,
   )
   session.log(f"Site built: {DOCS_BUILD / 'html' / 'index.html'}")
 

@@ -93,27 +93,23 @@ _LEFT_BY_PAGES = (saliency_guide.zoo.cache_folder() / "comparison_summary.json",
 _FORCE = (os.environ.get("CI", "").lower() in ("1", "true", "yes")
           or os.environ.get("SALIENCY_GUIDE_DOCS_EXECUTION") == "force")
 _CACHES = ROOT / "docs" / "_build" / ".jupyter_cache"
-# nox -s docs executes the pages two at a time (tools/execute_pages.py) into a cache
-# folder and names it here; in CI that folder is new, so every page still executes.
-_EXECUTED_INTO = os.environ.get("SALIENCY_GUIDE_DOCS_CACHE")
-if _EXECUTED_INTO:
-  nb_execution_mode = "cache"
-  nb_execution_cache_path = _EXECUTED_INTO
-elif _FORCE:
-  nb_execution_mode = "force"
-else:
-  nb_execution_mode = "cache"
-  nb_execution_cache_path = str(_CACHES / _execution_inputs())
+# Outputs are kept per digest of what the pages read. When every page must execute,
+# tools/execute_pages.py (run by nox -s docs) empties the "forced-" folder first and
+# executes every page into it, two at a time; a plain sphinx-build executes what it
+# does not find there itself, one page at a time.
+nb_execution_mode = "cache"
+nb_execution_cache_path = str(_CACHES / (("forced-" if _FORCE else "") + _execution_inputs()))
 
 
 def _prune_execution_caches(app) -> None:
   """Keep only the current inputs' cache, and only while the files pages leave exist.
 
   Runs when Sphinx starts building (not when this file is merely read), and from
-  tools/execute_pages.py before it looks for cached pages. A folder named by
-  SALIENCY_GUIDE_DOCS_CACHE is left alone.
+  tools/execute_pages.py before it looks for cached pages. When every page is forced
+  to execute, tools/execute_pages.py empties the folder instead, and Sphinx prunes
+  nothing (it reads what was just executed).
   """
-  if _FORCE or _EXECUTED_INTO:
+  if _FORCE:
     return
   for old in _CACHES.glob("*"):
     if str(old) != nb_execution_cache_path or not all(f.exists() for f in _LEFT_BY_PAGES):

@@ -14,7 +14,7 @@ CONF = ROOT / "docs" / "conf.py"
 
 
 def _conf(monkeypatch, **env) -> dict:
-  for name in ("CI", "SALIENCY_GUIDE_DOCS_EXECUTION", "SALIENCY_GUIDE_DOCS_CACHE"):
+  for name in ("CI", "SALIENCY_GUIDE_DOCS_EXECUTION"):
     monkeypatch.delenv(name, raising=False)
   for name, value in env.items():
     monkeypatch.setenv(name, value)
@@ -23,18 +23,14 @@ def _conf(monkeypatch, **env) -> dict:
 
 @pytest.mark.parametrize("env", [{"CI": "true"}, {"SALIENCY_GUIDE_DOCS_EXECUTION": "force"}])
 def test_ci_executes_every_page(monkeypatch, env):
+  # Every page executes: tools/execute_pages.py empties the "forced-" folder first
+  # (tests/test_execute_pages.py), and Sphinx prunes nothing there.
   conf = _conf(monkeypatch, **env)
-  assert conf["nb_execution_mode"] == "force"
-  assert "nb_execution_cache_path" not in conf
-
-
-def test_nox_names_the_folder_it_executed_every_page_into(monkeypatch, tmp_path):
-  # nox -s docs in CI: tools/execute_pages.py executes every page into a new folder and
-  # Sphinx reads the outputs from there (and prunes nothing).
-  conf = _conf(monkeypatch, CI="true", SALIENCY_GUIDE_DOCS_CACHE=str(tmp_path / "new"))
   assert conf["nb_execution_mode"] == "cache"
-  assert conf["nb_execution_cache_path"] == str(tmp_path / "new")
-  caches = ROOT / "docs" / "_build" / ".jupyter_cache"
+  key = Path(conf["nb_execution_cache_path"])
+  assert key.parent == ROOT / "docs" / "_build" / ".jupyter_cache"
+  assert key.name == "forced-" + conf["_execution_inputs"]()
+  caches = key.parent
   other = caches / "0123456789abcdef"
   existed = other.exists()
   other.mkdir(parents=True, exist_ok=True)

@@ -117,3 +117,29 @@ def test_a_failed_page_fails_the_run_and_its_dependents_do_not_run(site, capsys)
 def test_jobs_must_be_positive(site):
   with pytest.raises(SystemExit):
     execute_pages.main(["--cache", str(site[3]), "--jobs", "0"])
+
+
+def test_when_every_page_must_execute_the_forced_folder_is_emptied_first(site, tmp_path,
+                                                                         monkeypatch):
+  pages, events, _, _ = site
+  docs = tmp_path / "docs"
+  caches = tmp_path / "caches"
+  stale = caches / "forced-old"
+  stale.mkdir(parents=True)
+  (stale / "outputs").write_text("from an earlier build")
+  (docs / "conf.py").write_text(
+      "from pathlib import Path\n"
+      f"_CACHES = Path({str(caches)!r})\n"
+      "_FORCE = True\n"
+      "nb_execution_mode = 'cache'\n"
+      "nb_execution_cache_path = str(_CACHES / 'forced-new')\n"
+      "nb_execution_in_temp = True\n"
+      "nb_execution_timeout = 60\n"
+      "myst_enable_extensions = ['dollarmath']\n"
+      "def _prune_execution_caches(app):\n"
+      "  raise AssertionError('forced builds empty the folder instead')\n")
+  monkeypatch.setattr(execute_pages, "DOCS", docs)
+  assert execute_pages.main([]) == 0
+  assert not stale.exists()
+  assert {name for kind, name, _ in events if kind == "start"} == set(pages)
+  assert (caches / "forced-new").is_dir()

@@ -13,8 +13,10 @@ either executes here or, if it is missing from the cache, when Sphinx reads it.
 
 Usage (``nox -s docs`` runs it, with the environment Sphinx gets)::
 
-  python tools/execute_pages.py [--jobs 2]            # into docs/conf.py's cache folder
-  python tools/execute_pages.py --cache NEW_FOLDER    # CI: every page, into a new folder
+  python tools/execute_pages.py [--jobs 2]   # into the cache folder docs/conf.py names
+
+With ``CI=true`` or ``SALIENCY_GUIDE_DOCS_EXECUTION=force`` that folder is emptied
+first, so every page executes. ``--cache FOLDER`` executes into another folder.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import concurrent.futures
 import os
 import runpy
+import shutil
 import sys
 import tempfile
 import time
@@ -95,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
   conf = runpy.run_path(str(DOCS / "conf.py"))
   if args.cache is None:
-    if conf["nb_execution_mode"] != "cache":
-      parser.error("docs/conf.py names no cache folder when every page is forced to "
-                   "execute (CI=true or SALIENCY_GUIDE_DOCS_EXECUTION=force): pass --cache "
-                   "(a new folder) and give the same to Sphinx as SALIENCY_GUIDE_DOCS_CACHE")
-    conf["_prune_execution_caches"](None)  # as Sphinx would when it starts
     args.cache = Path(conf["nb_execution_cache_path"])
+    if conf["_FORCE"]:  # CI=true or SALIENCY_GUIDE_DOCS_EXECUTION=force: every page
+      for old in conf["_CACHES"].glob("forced-*"):
+        shutil.rmtree(old)
+    else:
+      conf["_prune_execution_caches"](None)  # as Sphinx would when it starts
   md_config = MdParserConfig(enable_extensions=set(conf["myst_enable_extensions"]))
   cache = jupyter_cache.get_cache(str(args.cache))
   every = pages()
