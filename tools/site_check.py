@@ -66,10 +66,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+  # The standard listen backlog is 5: a page opening its scripts, styles and fonts at
+  # once on a busy machine can overflow it, and a dropped connection is retried by the
+  # browser only after seconds.
+  request_queue_size = 128
+
+
 def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
   """Serve ``root`` on a free port of 127.0.0.1; returns the server and its base URL."""
   handler = functools.partial(_QuietHandler, directory=str(root))
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  server = _Server(("127.0.0.1", 0), handler)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
@@ -85,27 +92,80 @@ def _status(url: str) -> tuple[int, bytes]:
 NETWORK_IDLE_MS = 180_000  # how long a page may take to finish loading
 
 
-def check_page(page, base: str, relpath: str, problems: list[str], shots: Path | None) -> dict:
-  """Load one page and record every problem found in ``problems``."""
-  console_errors: list[str] = []
-  page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-  page.on("pageerror", lambda e: console_errors.append(str(e)))
-  response = page.goto(base + relpath, wait_until="load")
-  where = f"{relpath}:"
+def _load(page, url: str) -> tuple[int | None, list[str]]:
+  """Open ``url`` and wait until MathJax is done and no request is in flight.
+
+  Returns the HTTP status (``None`` without a response) and the URLs still in flight
+  after :data:`NETWORK_IDLE_MS` (empty when the page settled).
+  """
+  in_flight: dict[str, int] = {}
+
+  def started(request):
+    in_flight[request.url] = in_flight.get(request.url, 0) + 1
+
+  def ended(request):
+    if in_flight.get(request.url, 0) > 1:
+      in_flight[request.url] -= 1
+    else:
+      in_flight.pop(request.url, None)
+
+  page.on("request", started)
+  page.on("requestfinished", ended)
+  page.on("requestfailed", ended)
+  response = page.goto(url, wait_until="load")
   if response is None or response.status != 200:
-    problems.append(f"{where} HTTP {None if response is None else response.status}")
-    return {}
+    return None if response is None else response.status, []
   # Wait for MathJax (if the page loads it) to finish typesetting.
   page.evaluate("() => window.MathJax && MathJax.startup && MathJax.startup.promise"
                 " ? MathJax.startup.promise : null")
   # Every image and font requested, nothing pending. On a busy 2-core CI machine a
-  # long page can take more than Playwright's default 30 s to get there: wait longer,
-  # and report a page that never settles instead of stopping the whole check.
+  # long page can take more than Playwright's default 30 s to get there: wait longer.
   try:
     page.wait_for_load_state("networkidle", timeout=NETWORK_IDLE_MS)
   except PlaywrightTimeout:
-    problems.append(f"{where} requests still pending after {NETWORK_IDLE_MS / 1000:.0f} s")
-    return {}
+    return response.status, sorted(in_flight) or ["(none reported by the browser)"]
+  return response.status, []
+
+
+def check_page(context, base: str, relpath: str, problems: list[str],
+               shots: Path | None) -> dict:
+  """Load one page in a new tab and record every problem found in ``problems``.
+
+  A page that has not settled after :data:`NETWORK_IDLE_MS` is loaded once more in a
+  fresh tab (one such stall was seen on a loaded CI machine, on a page that loads in
+  5 s); the stalled requests are printed, and a second stall is a problem.
+  """
+  where = f"{relpath}:"
+  for attempt in (1, 2):
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console",
+            lambda m, errors=console_errors: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e, errors=console_errors: errors.append(str(e)))
+    status, stalled = _load(page, base + relpath)
+    if status != 200:
+      page.close()
+      problems.append(f"{where} HTTP {status}")
+      return {}
+    if not stalled:
+      break
+    page.close()
+    report = f"{where} requests still pending after {NETWORK_IDLE_MS / 1000:.0f} s: " + \
+        ", ".join(url.removeprefix(base) for url in stalled[:5])
+    if attempt == 2:
+      problems.append(report)
+      return {}
+    print(f"{report} (loading it once more)", flush=True)
+  try:
+    return _inspect(page, relpath, console_errors, problems, shots)
+  finally:
+    page.close()
+
+
+def _inspect(page, relpath: str, console_errors: list[str], problems: list[str],
+             shots: Path | None) -> dict:
+  """Check a loaded page's images, maths and console; returns what the page holds."""
+  where = f"{relpath}:"
   info = page.evaluate("""() => {
     const imgs = [...document.images].map(i => ({src: i.currentSrc || i.src, w: i.naturalWidth}));
     const main = document.querySelector('main') || document.body;
@@ -334,9 +394,7 @@ def main(argv: list[str] | None = None) -> int:
 
       context.route("**/*", only_localhost)
       for relpath in pages:
-        page = context.new_page()
-        info = check_page(page, base, relpath, problems, args.screenshots)
-        page.close()
+        info = check_page(context, base, relpath, problems, args.screenshots)
         if not info:
           continue
         check_links(base, relpath, info["links"], site, problems, seen)
