@@ -89,9 +89,16 @@ def _execution_inputs() -> str:
   return digest.hexdigest()[:16]
 
 
-# Files a page leaves for others when it executes; a cached page would not write them.
-_LEFT_BY_PAGES = (saliency_guide.zoo.cache_folder() / "comparison_summary.json",  # guide
-                  ROOT / "docs" / "_static" / "demo" / "data" / "weights.bin")  # demo
+# The files a page writes when it executes, and the pages that read them: the decision
+# guide reads the summary the comparison page measures; the demo page's script reads
+# the weights the demo page exports. A page whose outputs come from the cache does not
+# write them again, so the cache is kept only while they exist (below), and
+# tools/execute_pages.py executes a writer before its readers.
+PAGE_OUTPUTS = {
+    "tutorials/comparison": (saliency_guide.zoo.cache_folder() / "comparison_summary.json",
+                             ("tutorials/which_method",)),
+    "demo": (ROOT / "docs" / "_static" / "demo" / "data" / "weights.bin", ()),
+}
 
 
 _FORCE = (os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -116,7 +123,8 @@ def _prune_execution_caches(app) -> None:
   if _FORCE:
     return
   for old in _CACHES.glob("*"):
-    if str(old) != nb_execution_cache_path or not all(f.exists() for f in _LEFT_BY_PAGES):
+    if str(old) != nb_execution_cache_path or not all(
+        file.exists() for file, _ in PAGE_OUTPUTS.values()):
       shutil.rmtree(old, ignore_errors=True)
 nb_execution_allow_errors = False
 nb_execution_raise_on_error = True

@@ -43,15 +43,25 @@ def test_every_notebook_page_of_the_site_is_found():
   assert set(found.values()) == notebooks
   assert "tutorials/comparison" in found and "tutorials/which_method" in found
   assert "api" not in found  # plain Markdown pages are not notebooks
-  # Every prerequisite names a page that exists (a renamed page would otherwise be
-  # silently dropped from the ordering).
-  for page, before in execute_pages.PREREQUISITES.items():
-    assert page in found and set(before) <= set(found)
+  # Every page that writes or reads a file for another exists (a renamed page would
+  # otherwise be silently dropped from the ordering).
+  before = execute_pages.prerequisites(execute_pages.load_conf()["PAGE_OUTPUTS"])
+  assert before == {"tutorials/which_method": ("tutorials/comparison",)}
+  for page, writers in before.items():
+    assert page in found and set(writers) <= set(found)
+  assert set(execute_pages.load_conf()["PAGE_OUTPUTS"]) <= set(found)
+
+
+def test_prerequisites_gather_every_writer_of_a_page():
+  outputs = {"a": (Path("x"), ("guide", "other")), "b": (Path("y"), ("guide",)),
+             "c": (Path("z"), ())}
+  assert execute_pages.prerequisites(outputs) == {"guide": ("a", "b"), "other": ("a",)}
 
 
 def test_prerequisites_come_first_then_the_largest_pages():
   site = execute_pages.pages()
-  order = execute_pages.order(site)
+  before = execute_pages.prerequisites(execute_pages.load_conf()["PAGE_OUTPUTS"])
+  order = execute_pages.order(site, before)
   assert order[0] == "tutorials/comparison"
   rest = [site[p].stat().st_size for p in order[1:]]
   assert rest == sorted(rest, reverse=True)
@@ -67,7 +77,9 @@ def site(tmp_path, monkeypatch):
     pages[name] = docs / f"{name}.md"
     pages[name].write_text(PAGE.format(name=name))
   monkeypatch.setattr(execute_pages, "pages", lambda docs=None: dict(pages))
-  monkeypatch.setattr(execute_pages, "PREREQUISITES", {"guide": ("slow",)})
+  conf = execute_pages.load_conf()
+  conf["PAGE_OUTPUTS"] = {"slow": (tmp_path / "summary.json", ("guide",))}
+  monkeypatch.setattr(execute_pages, "load_conf", lambda: conf)
   events: list[tuple[str, str, float]] = []
   lock = threading.Lock()
   fail = set()
@@ -136,9 +148,11 @@ def test_when_every_page_must_execute_the_forced_folder_is_emptied_first(site, t
       "nb_execution_in_temp = True\n"
       "nb_execution_timeout = 60\n"
       "myst_enable_extensions = ['dollarmath']\n"
+      "PAGE_OUTPUTS = {'slow': (Path('summary.json'), ('guide',))}\n"
       "def _prune_execution_caches(app):\n"
       "  raise AssertionError('forced builds empty the folder instead')\n")
-  monkeypatch.setattr(execute_pages, "DOCS", docs)
+  monkeypatch.setattr(execute_pages, "load_conf",
+                      lambda: runpy.run_path(str(docs / "conf.py")))
   assert execute_pages.main([]) == 0
   assert not stale.exists()
   assert {name for kind, name, _ in events if kind == "start"} == set(pages)

@@ -5,11 +5,12 @@ page's kernel keeps about 1.4 of this machine's 2 cores busy (compilation, Pytho
 plotting run on one thread), so two pages at once finish sooner: four tutorials took
 127 s one after another and 91 s two at a time here. This script executes every page
 whose outputs are not in the cache yet, ``--jobs`` at a time (longest first, a page's
-prerequisites before it), exactly as myst-nb would (the same reader, so the same cache
-key; each page in a temporary folder unless its front matter says otherwise; the same
-timeout), and stores the executed notebooks in jupyter-cache. ``sphinx-build`` then
-takes every page's outputs from there. Nothing is skipped or approximated: a page
-either executes here or, if it is missing from the cache, when Sphinx reads it.
+prerequisites before it: docs/conf.py's ``PAGE_OUTPUTS``), exactly as myst-nb would
+(the same reader, so the same cache key; each page in a temporary folder unless its
+front matter says otherwise; the same timeout), and stores the executed notebooks in
+jupyter-cache. ``sphinx-build`` then takes every page's outputs from there. Nothing is
+skipped or approximated: a page either executes here or, if it is missing from the
+cache, when Sphinx reads it.
 
 Usage (``nox -s docs`` runs it, with the environment Sphinx gets)::
 
@@ -40,9 +41,24 @@ from myst_parser.config.main import MdParserConfig
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
-# page: the pages whose execution writes a file it reads (the decision guide reads
-# the summary the comparison page writes into the model cache's folder).
-PREREQUISITES = {"tutorials/which_method": ("tutorials/comparison",)}
+
+
+def load_conf() -> dict:
+  """docs/conf.py's settings, as Sphinx reads them."""
+  return runpy.run_path(str(DOCS / "conf.py"))
+
+
+def prerequisites(page_outputs: dict[str, tuple[Path, tuple[str, ...]]]
+                  ) -> dict[str, tuple[str, ...]]:
+  """Each page that reads a file another page writes -> the pages that write it.
+
+  ``page_outputs`` is docs/conf.py's ``PAGE_OUTPUTS``: writer -> (file, readers).
+  """
+  before: dict[str, tuple[str, ...]] = {}
+  for writer, (_, readers) in page_outputs.items():
+    for reader in readers:
+      before[reader] = (*before.get(reader, ()), writer)
+  return before
 
 
 def pages(docs: Path = DOCS) -> dict[str, Path]:
@@ -64,13 +80,14 @@ def read(path: Path, md_config: MdParserConfig):
       path=str(path))
 
 
-def order(todo: dict[str, Path]) -> list[str]:
-  """Pages that others wait for first, then the rest largest file first.
+def order(todo: dict[str, Path], before: dict[str, tuple[str, ...]]) -> list[str]:
+  """Pages that others wait for (``before``: page -> its prerequisites) first, then the
+  rest largest file first.
 
   A page's size is a rough proxy for its cost; starting the long pages first keeps
   the last minutes from running one page alone.
   """
-  waited_for = {p for before in PREREQUISITES.values() for p in before}
+  waited_for = {p for pages_before in before.values() for p in pages_before}
   return sorted(todo, key=lambda page: (page not in waited_for, -todo[page].stat().st_size))
 
 
@@ -96,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.jobs < 1:
     parser.error(f"--jobs must be at least 1, got {args.jobs}")
 
-  conf = runpy.run_path(str(DOCS / "conf.py"))
+  conf = load_conf()
+  before = prerequisites(conf["PAGE_OUTPUTS"])
   if args.cache is None:
     args.cache = Path(conf["nb_execution_cache_path"])
     if conf["_FORCE"]:  # CI=true or SALIENCY_GUIDE_DOCS_EXECUTION=force: every page
@@ -117,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
   print(f"{args.cache}: {len(every) - len(todo)} pages cached; executing {len(todo)}, "
         f"{args.jobs} at a time", flush=True)
 
-  queue = order({page: path for page, (path, _) in todo.items()})
+  queue = order({page: path for page, (path, _) in todo.items()}, before)
   done = set(every) - set(todo)
   failed: dict[str, str] = {}
   running: dict[concurrent.futures.Future, str] = {}
   start = time.perf_counter()
 
   def waits_for(page: str) -> list[str]:
-    return [p for p in PREREQUISITES.get(page, ()) if p in every]
+    return [p for p in before.get(page, ()) if p in every]
 
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
     while queue or running:
