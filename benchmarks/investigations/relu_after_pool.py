@@ -10,10 +10,10 @@ Integrated Gradients (64 path points), SmoothGrad (25 samples) and one gradient 
 on 256 random digits with the untrained site models fused ("fused", whatever
 :func:`saliency_guide.layers.relu_after_pool_pays` says) and with the composition
 ("composed": the activation set to ``jax.nn.relu``, the same function but not the
-default object, which the models never fuse), calls interleaved, and checks that the
-maps are bitwise identical; once without XLA flags and once with the
-fast-convolution flag, each in a fresh process. Its results are what
-``relu_after_pool_pays`` follows.
+default object, which the models never fuse), calls interleaved (the ratio of medians
+with the range of the per-round ratios), and checks that the maps are bitwise
+identical; once without XLA flags and once with the fast-convolution flag, each in a
+fresh process. Its results are what ``relu_after_pool_pays`` follows.
 
 See the Performance page.
 
@@ -36,7 +36,8 @@ CALLS = 5
 SETTINGS = ("default", "fast-conv")  # harness.XLA_MODES: no XLA flags, the fast-conv flag
 VERSIONS = ("fused", "composed")
 METHODS = ("gradients", "integrated_gradients", "smoothgrad")
-# Results: {model: {method: {"fused_ms", "composed_ms", "identical"}}}
+# Results: {model: {method: {"fused_ms", "composed_ms", "low", "high", "identical"}}};
+# low/high: the smallest and largest per-round ratio composed / fused.
 Results = dict[str, dict[str, dict[str, float | bool]]]
 
 
@@ -70,8 +71,10 @@ def _worker() -> Results:
       timings, maps = harness.interleaved(
           {version: lambda model=model, fn=calls[method]: jax.block_until_ready(
               fn(model, digits, classes)) for version, model in models.items()}, CALLS)
+      low, high = harness.ratio_range(timings["composed"], timings["fused"])
       out[model_class.__name__][method] = {
           **{f"{version}_ms": 1e3 * timings[version].median_s for version in VERSIONS},
+          "low": low, "high": high,
           "identical": bool(np.asarray(maps["fused"]).tobytes()
                             == np.asarray(maps["composed"]).tobytes()),
       }
@@ -94,10 +97,10 @@ def report(results: dict[str, Results], params: dict | None = None) -> str:
   lines = [f"{params['batch']} digits, IG {params['steps']} steps, SmoothGrad "
            f"{params['samples']} samples; median of {params['calls']} interleaved calls",
            f"{'setting':10s} {'model':7s} {'method':21s} {'fused ms':>9s} {'composed ms':>12s} "
-           f"{'×':>5s} {'same maps':>10s}"]
+           f"{'×':>5s} {'range':>11s} {'same maps':>10s}"]
   lines += [f"{setting:10s} {model:7s} {method:21s} {r['fused_ms']:9.0f} "
             f"{r['composed_ms']:12.0f} {r['composed_ms'] / r['fused_ms']:5.2f} "
-            f"{'bitwise' if r['identical'] else 'NO':>10s}"
+            f"{r['low']:5.2f}–{r['high']:<5.2f} {'bitwise' if r['identical'] else 'NO':>10s}"
             for setting, by_model in results.items() for model, by_method in by_model.items()
             for method, r in by_method.items()]
   return "\n".join(lines)
