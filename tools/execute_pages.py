@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 
-
 def load_conf() -> dict:
   """docs/conf.py's settings, as Sphinx reads them."""
   return runpy.run_path(str(DOCS / "conf.py"))
