@@ -394,14 +394,12 @@ NOISE_FIRST_BYTES = 256 * 2**20
 def _noise_first(images: jax.Array, samples: int) -> bool:
   """Whether to draw all noisy copies before the gradient passes rather than in each.
 
-  The same values either way (the maps are bitwise equal; the tests check).
-  ``benchmarks/investigations/smoothgrad_noise_order.py`` compiles both orders side by
-  side (SmoothGrad-25 of 256 digits, 2-core CPU, calls interleaved): with the
-  fast-conv opt-in (:func:`~saliency_guide.layers.ynn_fusions_off`) drawing first was
-  1.31× as fast on the CNN and 1.24× on the GapCNN (every round ≥ 1.16×); under
-  XLA:CPU's defaults it was the slower order (0.87× and 0.90×, every round ≤ 0.95×).
-  So it is used only with the opt-in, and only while the copies fit in
-  :data:`NOISE_FIRST_BYTES`. The Performance page shows the recorded run.
+  The same values either way (the maps are bitwise equal; the tests check). Drawing
+  first measured faster with the fast-conv opt-in
+  (:func:`~saliency_guide.layers.ynn_fusions_off`) and slower under XLA:CPU's defaults
+  (``benchmarks/investigations/smoothgrad_noise_order.py``; the Performance page shows
+  its recorded run and asserts this direction), so it is used only with the opt-in,
+  and only while the copies fit in :data:`NOISE_FIRST_BYTES`.
   """
   nbytes = samples * images.size * images.dtype.itemsize
   return layers.ynn_fusions_off() and nbytes <= NOISE_FIRST_BYTES
