@@ -45,12 +45,12 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 CHROMIUM_FLAGS = [
@@ -89,78 +89,78 @@ def _status(url: str) -> tuple[int, bytes]:
     return err.code, b""
 
 
-# How long a page may take to finish loading: the first time, then in a fresh tab.
-NETWORK_IDLE_MS = (60_000, 180_000)
+# How long a page may take to settle, and the quiet time that counts as settled.
+SETTLE_TIMEOUT_MS = 180_000
+QUIET_MS = 500
 
 
-def _load(page, url: str, timeout_ms: int) -> tuple[int | None, list[str]]:
-  """Open ``url`` and wait until MathJax is done and no request is in flight.
+def _load(page, url: str) -> tuple[int | None, list[str]]:
+  """Open ``url`` and wait until MathJax and the fonts are done and no request is in flight.
+
+  "No request in flight" is counted here, from the page's own request events: no
+  request started or ended for :data:`QUIET_MS`. Playwright's ``networkidle`` is not
+  used: it can be lost for good when a request starts and ends while the event is
+  recorded and a later lifecycle event (here ``load``) removes it (microsoft/playwright
+  #42598). That is what stalled ``api.html`` on loaded 2-core machines: MathJax asks
+  for its fonts between the first "network idle" and ``load``, and the wait then
+  timed out with nothing in flight.
 
   Returns the HTTP status (``None`` without a response) and the URLs still in flight
-  after ``timeout_ms`` (empty when the page settled).
+  after :data:`SETTLE_TIMEOUT_MS` (empty when the page settled; a page that never
+  fell quiet for :data:`QUIET_MS` does not settle either).
   """
   in_flight: dict[str, int] = {}
+  clock = {"last": 0.0}
 
   def started(request):
     in_flight[request.url] = in_flight.get(request.url, 0) + 1
+    clock["last"] = time.monotonic()
 
   def ended(request):
     if in_flight.get(request.url, 0) > 1:
       in_flight[request.url] -= 1
     else:
       in_flight.pop(request.url, None)
+    clock["last"] = time.monotonic()
 
   page.on("request", started)
   page.on("requestfinished", ended)
   page.on("requestfailed", ended)
-  response = page.goto(url, wait_until="load")
+  response = page.goto(url, wait_until="load", timeout=SETTLE_TIMEOUT_MS)
   if response is None or response.status != 200:
     return None if response is None else response.status, []
-  # Wait for MathJax (if the page loads it) to finish typesetting.
+  # Wait for MathJax (if the page loads it) to finish typesetting, then for its fonts.
   page.evaluate("() => window.MathJax && MathJax.startup && MathJax.startup.promise"
                 " ? MathJax.startup.promise : null")
-  # Every image and font requested, nothing pending. On a busy 2-core CI machine a
-  # long page can take more than Playwright's default 30 s to get there: wait longer.
-  try:
-    page.wait_for_load_state("networkidle", timeout=timeout_ms)
-  except PlaywrightTimeout:
-    return response.status, sorted(in_flight) or ["(none reported by the browser)"]
+  page.evaluate("() => document.fonts.ready.then(() => null)")
+  deadline = time.monotonic() + SETTLE_TIMEOUT_MS / 1000
+  while in_flight or time.monotonic() - clock["last"] < QUIET_MS / 1000:
+    if time.monotonic() > deadline:
+      return response.status, (sorted(in_flight)
+                               or ["(none; but a request started or ended every 0.5 s)"])
+    page.wait_for_timeout(100)  # lets Playwright deliver the request events
   return response.status, []
 
 
 def check_page(context, base: str, relpath: str, problems: list[str],
                shots: Path | None) -> dict:
-  """Load one page in a new tab and record every problem found in ``problems``.
-
-  A page that has not settled within the first of :data:`NETWORK_IDLE_MS` is loaded
-  once more in a fresh tab, with the second: on a loaded 2-core machine the first page
-  checked (``api.html``, which settles in 5 s on a quiet one) twice failed to reach
-  Playwright's "network idle" within 180 s, once with no request in flight by the
-  browser's own events, and loaded again it settled at once. The stall is printed; a
-  second one is a problem.
-  """
+  """Load one page in a new tab and record every problem found in ``problems``."""
   where = f"{relpath}:"
-  for attempt, timeout_ms in enumerate(NETWORK_IDLE_MS, start=1):
-    page = context.new_page()
-    console_errors: list[str] = []
-    page.on("console",
-            lambda m, errors=console_errors: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e, errors=console_errors: errors.append(str(e)))
-    status, stalled = _load(page, base + relpath, timeout_ms)
+  page = context.new_page()
+  console_errors: list[str] = []
+  page.on("console",
+          lambda m: console_errors.append(m.text) if m.type == "error" else None)
+  page.on("pageerror", lambda e: console_errors.append(str(e)))
+  try:
+    status, stalled = _load(page, base + relpath)
     if status != 200:
-      page.close()
       problems.append(f"{where} HTTP {status}")
       return {}
-    if not stalled:
-      break
-    page.close()
-    report = f"{where} requests still pending after {timeout_ms / 1000:.0f} s: " + \
-        ", ".join(url.removeprefix(base) for url in stalled[:5])
-    if attempt == len(NETWORK_IDLE_MS):
-      problems.append(report)
+    if stalled:
+      problems.append(f"{where} requests still in flight after "
+                      f"{SETTLE_TIMEOUT_MS / 1000:.0f} s: "
+                      + ", ".join(url.removeprefix(base) for url in stalled[:5]))
       return {}
-    print(f"{report} (loading it once more)", flush=True)
-  try:
     return _inspect(page, relpath, console_errors, problems, shots)
   finally:
     page.close()
