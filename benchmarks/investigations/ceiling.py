@@ -11,6 +11,12 @@ each in its own process. The sum at
 the faster setting is a floor for any gradient map built on XLA's convolutions;
 the script sets it beside the last recorded benchmark (``results/cpu.csv``,
 gradients, batch 256) and the time that twice Captum's throughput would allow.
+The same convolutions are also timed at batch 32 (:data:`SMALL_BATCH`), the other
+batch the benchmark compares at: ``floor_ms`` records, per batch, the floor of a map
+that needs every convolution's input gradient (``gradient``: forward + input
+gradient) and of one whose backward pass stops at the last convolution's output
+(``forward``: Grad-CAM's), which the Performance page sets beside each map that
+Captum computed faster.
 It also reports XLA's FLOP count of the whole gradient pass (cost analysis of the
 compiled program), the rate each timing implies, how many cores each
 convolution kept busy (process CPU time / wall time), and, for scale, the rate
@@ -47,6 +53,7 @@ import harness
 from harness import RESULTS
 
 BATCH = 256
+SMALL_BATCH = 32  # the convolutions alone are timed at this batch too (``floor_ms``)
 MODELS = ("cnn", "gap_cnn")
 XLA_MODES = {mode: harness.XLA_MODES[mode] for mode in ("default", "fast-conv")}
 ROUNDS = 25  # timed calls per function, interleaved across functions
@@ -168,6 +175,7 @@ def _worker() -> dict:
     calls = {}
     conv_gflop = 0.0  # XLA's count for every convolution, forward and input gradient
     key = jax.random.key(0)
+    small = {}  # the same convolutions at SMALL_BATCH
     for layer in model.feature_layers:
       kernel = getattr(model, layer).kernel[...]
       h, w = feature_maps[layer][0].shape[1:3]  # a SAME convolution: its input's size too
@@ -180,6 +188,8 @@ def _worker() -> dict:
       input_grad = jax.jit(lambda x, k, g, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
       calls[f"{layer} forward"] = (forward, (x, kernel))
       calls[f"{layer} input gradient"] = (input_grad, (x, kernel, g))
+      small[f"{layer} forward"] = (forward, (x[:SMALL_BATCH], kernel))
+      small[f"{layer} input gradient"] = (input_grad, (x[:SMALL_BATCH], kernel, g[:SMALL_BATCH]))
       conv_gflop += _gflop(forward, (x, kernel)) + _gflop(input_grad, (x, kernel, g))
       if kernel.shape[2] > 1:
         reference = forward(x, kernel)
@@ -193,6 +203,7 @@ def _worker() -> dict:
         v = jax.random.uniform(key, (4, 4, tiles, kernel.shape[2]), jnp.float32)
         calls[f"{layer} forward, winograd products"] = (
             jax.jit(_winograd_products), (v, _winograd_kernel(kernel)))
+    calls.update({f"{label} @{SMALL_BATCH}": call for label, call in small.items()})
     for fn, args in calls.values():
       for _ in range(3):
         jax.block_until_ready(fn(*args))
@@ -205,13 +216,16 @@ def _worker() -> dict:
         times[label].append(time.perf_counter() - start)
         cpu[label] += time.process_time() - start_cpu
     ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}
+    at_small = f" @{SMALL_BATCH}"
+    plain = [label for label in ms if ", " not in label and not label.endswith(at_small)]
     out[name] = {
         "gflop_per_batch": gflop,
         "conv_gflop_per_batch": conv_gflop,
-        "conv_ms": {label: t for label, t in ms.items() if ", " not in label},
-        "conv_cores": {label: cpu[label] / sum(times[label])
-                       for label in ms if ", " not in label},
+        "conv_ms": {label: ms[label] for label in plain},
+        "conv_cores": {label: cpu[label] / sum(times[label]) for label in plain},
         "reformulated_ms": {label: t for label, t in ms.items() if ", " in label},
+        "conv_ms_small_batch": {label.removesuffix(at_small): t for label, t in ms.items()
+                                if label.endswith(at_small)},
     }
   out["matmul_gflops"] = _matmul_gflops()
   return out
@@ -227,6 +241,14 @@ def _recorded_ms(model: str) -> dict[str, tuple[float, float]]:
   if "default" not in found:
     raise LookupError(f"no default/{model}/gradients/{BATCH} row in {RESULTS / 'cpu.csv'}")
   return found
+
+
+def _floors(conv_ms: dict[str, float]) -> dict[str, float]:
+  """{kind: ms} of a map's convolutions: all of them forward + input gradient
+  (``gradient``), or forward alone (``forward``: a backward pass that stops at the last
+  convolution's output, as Grad-CAM's does)."""
+  return {"gradient": sum(conv_ms.values()),
+          "forward": sum(t for label, t in conv_ms.items() if label.endswith(" forward"))}
 
 
 def main() -> None:
@@ -260,6 +282,11 @@ def main() -> None:
         "twice_captum_gflops": gflop / (captum_ms / 2 / 1e3),
         "conv_gflop_per_batch": conv_gflop,
         "conv_gflops": {mode: conv_gflop / (t / 1e3) for mode, t in conv_total.items()},
+        # {batch: {kind: {xla: ms}}}: the floor of a map of that kind at that batch
+        "floor_ms": {
+            str(batch): {kind: {mode: _floors(m[name][key])[kind] for mode, m in measured.items()}
+                         for kind in ("gradient", "forward")}
+            for batch, key in ((BATCH, "conv_ms"), (SMALL_BATCH, "conv_ms_small_batch"))},
     }
     print(f"{name}: {gflop:.2f} GFLOP per {BATCH} gradient maps; convolutions alone "
           + ", ".join(f"{t:.1f} ms ({mode})" for mode, t in conv_total.items())
@@ -275,6 +302,10 @@ def main() -> None:
     for mode, m in measured.items():
       for label, t in m[name]["reformulated_ms"].items():
         print(f"  {label} ({mode}): {t:.2f} ms")
+    for batch, floors in models[name]["floor_ms"].items():
+      print(f"  floors at batch {batch}: " + "; ".join(
+          f"{kind} " + ", ".join(f"{t:.2f} ms ({mode})" for mode, t in by_mode.items())
+          for kind, by_mode in floors.items()))
   run = harness.record(started, load)
   result = {
       "date": f"{run['finished_utc']} UTC",
@@ -282,6 +313,7 @@ def main() -> None:
       "load_average": run["load_after"],
       "record": run,
       "batch": BATCH,
+      "small_batch": SMALL_BATCH,
       "rounds": ROUNDS,
       "models": models,
       "matmul_gflops": {mode: m["matmul_gflops"] for mode, m in measured.items()},
