@@ -114,6 +114,10 @@ def _run_fresh_process(script: str = SCRIPT, xla_flags: str = "") -> subprocess.
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), str(TESTS),
                                                     env.get("PYTHONPATH")]))
   env["JAX_PLATFORMS"] = "cpu"
+  # Each process compiles for itself: with a persistent compilation cache (nox -s tests
+  # sets one) the second process could load the first one's programs, and the check
+  # would no longer cover compilation.
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
