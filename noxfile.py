@@ -97,31 +97,19 @@ def docs(session: nox.Session) -> None:
               env=env)
   shutil.rmtree(DOCS_BUILD / "html", ignore_errors=True)
   shutil.rmtree(DOCS_BUILD / "jupyter_execute", ignore_errors=True)
-  # The decision guide reads what the comparison page measures in *this* build (the
-  # page writes it into the model cache's folder, where any notebook finds it).
-  # (With cached outputs the comparison page does not run, and its last summary stays.)
-  if _forced_execution():
-    session.run("python", "-c", "import saliency_guide as sg; "
-                "(sg.zoo.cache_folder() / 'comparison_summary.json').unlink(missing_ok=True)",
-                env=env)
   # Notebook kernels must draw with Jupyter's inline backend: an inherited
   # MPLBACKEND=Agg (common in CI) would silently drop every figure from the site.
   inline = {**env, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
   # The pages execute two at a time (the comparison page before the guide that reads
   # its summary) into jupyter-cache, as myst-nb would (docs/conf.py names the folder;
-  # in CI a new one, so every page executes); Sphinx then reads their outputs.
+  # in CI a new one, so every page executes, and the comparison page's last summary
+  # is deleted first, so the guide reads this build's); Sphinx then reads their outputs.
   session.run("python", "tools/execute_pages.py", env=inline)
   session.run(
       "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(DOCS_BUILD / "html"),
       *session.posargs, env=inline,
   )
   session.log(f"Site built: {DOCS_BUILD / 'html' / 'index.html'}")
-
-
-def _forced_execution() -> bool:
-  """Whether the docs build executes every page (CI, or asked for); as in docs/conf.py."""
-  return (os.environ.get("CI", "").lower() in ("1", "true", "yes")
-          or os.environ.get("SALIENCY_GUIDE_DOCS_EXECUTION") == "force")
 
 
 @nox.session

@@ -131,14 +131,16 @@ def test_jobs_must_be_positive(site):
     execute_pages.main(["--cache", str(site[3]), "--jobs", "0"])
 
 
-def test_when_every_page_must_execute_the_forced_folder_is_emptied_first(site, tmp_path,
-                                                                         monkeypatch):
+def test_when_every_page_must_execute_the_folder_and_page_outputs_are_emptied_first(
+    site, tmp_path, monkeypatch):
   pages, events, _, _ = site
   docs = tmp_path / "docs"
   caches = tmp_path / "caches"
   stale = caches / "forced-old"
   stale.mkdir(parents=True)
   (stale / "outputs").write_text("from an earlier build")
+  summary = tmp_path / "summary.json"  # what "slow" wrote for "guide" in an earlier build
+  summary.write_text("{}")
   (docs / "conf.py").write_text(
       "from pathlib import Path\n"
       f"_CACHES = Path({str(caches)!r})\n"
@@ -148,12 +150,13 @@ def test_when_every_page_must_execute_the_forced_folder_is_emptied_first(site, t
       "nb_execution_in_temp = True\n"
       "nb_execution_timeout = 60\n"
       "myst_enable_extensions = ['dollarmath']\n"
-      "PAGE_OUTPUTS = {'slow': (Path('summary.json'), ('guide',))}\n"
+      f"PAGE_OUTPUTS = {{'slow': (Path({str(summary)!r}), ('guide',))}}\n"
       "def _prune_execution_caches(app):\n"
       "  raise AssertionError('forced builds empty the folder instead')\n")
   monkeypatch.setattr(execute_pages, "load_conf",
                       lambda: runpy.run_path(str(docs / "conf.py")))
   assert execute_pages.main([]) == 0
   assert not stale.exists()
+  assert not summary.exists()  # the guide cannot read the last build's summary
   assert {name for kind, name, _ in events if kind == "start"} == set(pages)
   assert (caches / "forced-new").is_dir()

@@ -17,7 +17,9 @@ Usage (``nox -s docs`` runs it, with the environment Sphinx gets)::
   python tools/execute_pages.py [--jobs 2]   # into the cache folder docs/conf.py names
 
 With ``CI=true`` or ``SALIENCY_GUIDE_DOCS_EXECUTION=force`` that folder is emptied
-first, so every page executes. ``--cache FOLDER`` executes into another folder.
+first, so every page executes, and the files pages write for other pages (conf's
+``PAGE_OUTPUTS``) are deleted, so a reader sees only what its writer wrote in this
+build. ``--cache FOLDER`` executes into another folder.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if conf["_FORCE"]:  # CI=true or SALIENCY_GUIDE_DOCS_EXECUTION=force: every page
       for old in conf["_CACHES"].glob("forced-*"):
         shutil.rmtree(old)
+      for written, _ in conf["PAGE_OUTPUTS"].values():
+        Path(written).unlink(missing_ok=True)
     else:
       conf["_prune_execution_caches"](None)  # as Sphinx would when it starts
   md_config = MdParserConfig(enable_extensions=set(conf["myst_enable_extensions"]))
