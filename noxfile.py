@@ -22,22 +22,18 @@ nox.options.default_venv_backend = "venv"
 ROOT = Path(__file__).parent
 DOCS_BUILD = ROOT / "docs" / "_build"
 
-# JAX's persistent compilation cache, shared by every process of the test and docs
-# sessions: a program already compiled (the same computation, shapes and XLA flags) is
-# read from disk instead of compiled again. Compilation is most of the test suite's
-# time (581 of its 914 CPU-seconds on 2 cores without the cache); a clean run reuses
-# what its other worker or an earlier test compiled (441 s instead of 493 s), a rerun
-# far more (three of the test files: 89 s cold, 23 s warm). The docs pages compile
-# little of the same (642 s against 639 s clean), but a page that re-executes after
-# an edit finds its programs compiled. The size cap turns on JAX's eviction and
-# its file lock (``filelock``), which also keeps concurrent readers from seeing a
-# half-written entry. The tests that check bitwise reproducibility across processes
-# compile without it (tests/test_determinism.py).
+# JAX's persistent compilation cache for the test suite: a program already compiled (the
+# same computation, shapes and XLA flags) is read from disk instead of compiled again.
+# Compilation is most of the suite's time (581 of its 914 CPU-seconds on 2 cores); a
+# clean run reuses what its other worker or an earlier test compiled (441 s instead of
+# 493 s), a rerun far more (three of the test files: 89 s cold, 23 s warm). No size
+# cap: JAX's eviction re-reads the whole folder at every write, which made the clean
+# run 764 s. The tests that check bitwise reproducibility across processes compile
+# without it (tests/test_determinism.py).
 JAX_CACHE = {
     "JAX_COMPILATION_CACHE_DIR": str(ROOT.resolve() / ".jax_cache"),
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the tests' programs are small
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    "JAX_COMPILATION_CACHE_MAX_SIZE": str(2 * 1024**3),  # least recently used go first
 }
 
 # Opt-in, documented in the README: XLA:CPU's multi-threaded convolutions (about
@@ -84,8 +80,7 @@ def docs(session: nox.Session) -> None:
   re-renders.
   """
   session.install(".[docs]")  # not editable: the kernels import the installed copy
-  env = {**FAST_CPU_CONV, **{k: v for k, v in os.environ.items() if k == "XLA_FLAGS"},
-         **JAX_CACHE}
+  env = {**FAST_CPU_CONV, **{k: v for k, v in os.environ.items() if k == "XLA_FLAGS"}}
   # Train (or load) every model once, before the notebooks run, so no tutorial
   # waits on training and no two notebooks train the same model.
   session.run("python", "-m", "saliency_guide", "pretrain", env=env)
@@ -209,8 +204,7 @@ def notebooks_check(session: nox.Session) -> None:
   the repository. See ``tools/notebook_check.py``.
   """
   session.install(".[notebooks]")
-  session.run("python", "tools/notebook_check.py", *session.posargs,
-              env={**FAST_CPU_CONV, **JAX_CACHE})
+  session.run("python", "tools/notebook_check.py", *session.posargs, env=FAST_CPU_CONV)
 
 
 @nox.session
@@ -243,7 +237,7 @@ def docs_live(session: nox.Session) -> None:
   session.install("sphinx-autobuild")
   session.run(
       "sphinx-autobuild", "docs", str(DOCS_BUILD / "live"), "--watch", "src",
-      *session.posargs, env={**FAST_CPU_CONV, **JAX_CACHE},
+      *session.posargs, env=FAST_CPU_CONV,
   )
 
 
