@@ -36,8 +36,15 @@ splits every batch over them with a ``NamedSharding``, as a single call can
 batches the device count does not divide run on one device); ``--xla all`` runs the
 three settings.
 
+``--device gpu`` runs both frameworks on the GPU instead (JAX with CUDA, Captum on
+``cuda:0``; each timed call ends with ``jax.block_until_ready`` on our side and
+``torch.cuda.synchronize()`` on Captum's), with no XLA flags and no peak-memory
+probe (it measures host memory), into ``results/gpu.*``; the GPU's name joins the
+machine line. One short run on a lent GPU machine: ``benchmarks/gpu_run.sh``.
+
 Results: ``benchmarks/results/<name>.csv`` and ``<name>.md`` (``--name``, default
-``cpu``), with the machine, the versions, the load average and the date.
+``cpu``, or ``gpu`` with ``--device gpu``), with the machine, the versions, the load
+average and the date.
 """
 
 from __future__ import annotations
@@ -293,8 +300,9 @@ def check_logits(jax_model, torch_model, images) -> float:
   from torch_models import to_nchw
 
   ours_logits = np.asarray(jax_model(images))
+  device = next(torch_model.parameters()).device
   with torch.no_grad():
-    theirs = torch_model(to_nchw(images)).numpy()
+    theirs = torch_model(to_nchw(images).to(device)).cpu().numpy()
   error = float(np.abs(ours_logits - theirs).max() / max(np.abs(ours_logits).max(), 1e-30))
   if not error <= LOGIT_TOLERANCE:
     raise AssertionError(
@@ -304,21 +312,64 @@ def check_logits(jax_model, torch_model, images) -> float:
   return error
 
 
+def _torch_device(name: str):
+  """PyTorch's device for ``--device`` (``gpu``: ``cuda:0``, and JAX must be on a GPU)."""
+  import jax
+  import torch
+
+  if name == "cpu":
+    return torch.device("cpu")
+  if not torch.cuda.is_available():
+    raise SystemExit("--device gpu: PyTorch sees no CUDA device (torch.cuda.is_available() "
+                     "is False)")
+  if jax.default_backend() != "gpu":
+    raise SystemExit(f"--device gpu: JAX runs on {jax.default_backend()!r}, not 'gpu' "
+                     "(install JAX with CUDA; JAX_PLATFORMS must allow it)")
+  return torch.device("cuda:0")
+
+
+def _synchronized(fn: Callable[[], Any], device) -> Callable[[], Any]:
+  """``fn``, returning only once the GPU has finished its work (CPU calls are synchronous)."""
+  if device.type != "cuda":
+    return fn
+  import torch
+
+  def call():
+    out = fn()
+    torch.cuda.synchronize(device)
+    return out
+
+  return call
+
+
+def _accelerator(device) -> str:
+  """``"none"`` on the CPU; else PyTorch's and JAX's names of the GPU they run on."""
+  if device.type != "cuda":
+    return "none"
+  import jax
+  import torch
+
+  return (f"{torch.cuda.get_device_name(device)} (PyTorch {torch.version.cuda} CUDA); JAX "
+          f"on {jax.devices()[0].device_kind}")
+
+
 def worker(args) -> list[dict[str, Any]]:
   import numpy as np
   import torch
   from torch_models import from_flax, to_nchw, to_nhwc
 
   rows = []
+  device = _torch_device(args.device)
   for batch in args.batches:
     models, images_np, labels_np, source = load_data(batch, args.smoke)
     images, targets, devices = harness.device_arrays(images_np, labels_np,
                                                       split=args.xla in SHARDED_MODES)
-    images_t, targets_t = to_nchw(images_np), torch.from_numpy(labels_np.astype(np.int64))
+    images_t = to_nchw(images_np).to(device)
+    targets_t = torch.from_numpy(labels_np.astype(np.int64)).to(device)
     references_np = load_references(args.smoke)
     for model_name in args.models:
       model = models[model_name]
-      torch_model = from_flax(model)
+      torch_model = from_flax(model).to(device)
       logit_error = check_logits(model, torch_model, images_np)
       for method in args.methods:
         if args.quick and batch > 1 and method.startswith("ig64_") and method != QUICK_IG:
@@ -327,8 +378,8 @@ def worker(args) -> list[dict[str, Any]]:
               flush=True)
         gc.collect()
         calls = {"ours": ours(method, model, images, targets, references_np),
-                 "captum": captum(method, torch_model, images_t, targets_t,
-                                  to_nchw(references_np))}
+                 "captum": _synchronized(captum(method, torch_model, images_t, targets_t,
+                                                to_nchw(references_np).to(device)), device)}
         timings, outputs = interleaved(calls, args.repeats, args.min_seconds, args.max_repeats)
         reference, n = captum_reference(method, torch_model, images_t, targets_t,
                                         outputs["captum"])
@@ -352,7 +403,7 @@ def worker(args) -> list[dict[str, Any]]:
             ours_compile_s=max(0.0, timings["ours"].first_s - timings["ours"].median_s),
             repeats=len(timings["ours"].times_s),
             rel_l2=rel_l2, max_rel=max_rel, compared_images=n, logit_error=logit_error,
-            source=source,
+            source=source, accelerator=_accelerator(device),
         )
         if method in RANDOM:  # random: compare with our own seed-to-seed spread
           again = np.asarray(ours(method, model, images, targets, references_np, seed=1)())
@@ -403,12 +454,14 @@ def memory_probe(args) -> list[dict[str, Any]]:
 
 
 def _run_child(argv: list[str], xla_flags: str, malloc: bool = False,
-               keep_freed_memory: bool = False) -> list[dict[str, Any]]:
+               keep_freed_memory: bool = False, jax_platforms: str = "cpu"
+               ) -> list[dict[str, Any]]:
   """This script with ``argv`` in a fresh process with only the given settings."""
   # malloc: freed memory goes back to the system at once, so the RSS follows live memory.
   env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"} if malloc else None
   return harness.run_in_fresh_process(__file__, argv, xla_flags=xla_flags, env=env,
-                              glibc_tunables=KEEP_FREED_MEMORY if keep_freed_memory else None)
+                              glibc_tunables=KEEP_FREED_MEMORY if keep_freed_memory else None,
+                              jax_platforms=jax_platforms)
 
 
 NAMES = {
@@ -444,7 +497,10 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
       f"**Machine.** {info['cpu']}, {info['cores']} cores, {info['memory']} RAM, "
       f"{info['os']}; Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), "
       f"flax {info['flax']}, torch {info['torch']} ({info['torch_threads']} threads), "
-      f"captum {info['captum']}. **Allocator** (both frameworks): "
+      f"captum {info['captum']}."
+      + (f" **GPU** (both frameworks): {info['accelerator']}."
+         if info.get("accelerator", "none") != "none" else "")
+      + " **Allocator** (both frameworks): "
       f"{record.get('allocator', 'glibc defaults')}. **Load average** (1/5/15 min) before: "
       f"{record['load_before']}; after: {record['load_after']}.",
       "",
@@ -551,7 +607,8 @@ def _mem_method(method: str) -> str:
 
 def driver(args) -> None:
   started, load_before = harness.utc_now(), harness.load_average()
-  common = ["--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
+  common = ["--device", args.device,
+            "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
             "--max-repeats", str(args.max_repeats), "--methods", *args.methods,
             *(["--smoke"] if args.smoke else []), *(["--quick"] if args.quick else [])]
   modes = list(dict.fromkeys(m for x in args.xla for m in XLA_CHOICES.get(x, (x,))))
@@ -559,7 +616,8 @@ def driver(args) -> None:
   for mode in modes:
     rows += _run_child(["--worker", "--xla", mode, "--models", *args.models, "--batches",
                         *map(str, args.batches), *common], XLA_MODES[mode],
-                       keep_freed_memory=args.keep_freed_memory)
+                       keep_freed_memory=args.keep_freed_memory,
+                       jax_platforms="cuda" if args.device == "gpu" else "cpu")
   memory: list[dict[str, Any]] = []
   if not args.no_memory:
     probe_methods = list(dict.fromkeys(_mem_method(m) for m in args.methods))
@@ -578,12 +636,14 @@ def driver(args) -> None:
       r[f"{framework}_peak_mb"] = mem.get(
           (framework, r["model"], r["batch"], _mem_method(r["method"])))
   sources = dict.fromkeys(r.pop("source") for r in rows)
+  accelerators = dict.fromkeys(r.pop("accelerator") for r in rows)
   run = {
       **harness.record(started, load_before, packages=PACKAGES),
       "command": " ".join(["python benchmarks/bench.py", *args.argv]),
       "allocator": (f"GLIBC_TUNABLES={KEEP_FREED_MEMORY}" if args.keep_freed_memory
                     else "glibc defaults"),
       "data": "; ".join(sources),
+      "accelerator": "; ".join(accelerators),
       "memory_setting": modes[0],
   }
   name = args.name or "_last"
@@ -629,6 +689,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                  help="time every IG quadrature rule at batch 1 only, and only Gauss-Legendre "
                  "at larger batches (every rule costs the same: same number of gradient "
                  "passes, only the nodes and weights differ)")
+  p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                 help="where both frameworks run; 'gpu': JAX with CUDA and Captum on cuda:0, "
+                 "no XLA flags, no peak-memory probe, results named 'gpu' unless --name")
   p.add_argument("--name", default="cpu", help="results file name ('' to write nothing)")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--memory-probe", dest="framework", choices=("ours", "captum"),
@@ -637,6 +700,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
   args.argv = argv
   if args.worker or args.framework:  # a child process runs exactly one setting
     (args.xla,) = args.xla
+  elif args.device == "gpu":
+    if args.xla != ["default"]:
+      p.error(f"--device gpu: the XLA settings are CPU flags; expected --xla default, "
+              f"got {' '.join(args.xla)}")
+    if args.keep_freed_memory:
+      p.error("--device gpu: --keep-freed-memory is a CPU allocator setting")
+    args.no_memory = True  # the probe measures the host's resident set, not the GPU's
+    if args.name == "cpu":
+      args.name = "gpu"
   if args.smoke and not args.worker and args.framework is None:
     args.batches = [2]
     if args.models == list(MODELS):
