@@ -360,6 +360,7 @@ def worker(args) -> list[dict[str, Any]]:
 
   rows = []
   device = _torch_device(args.device)
+  accelerator = _accelerator(device)
   for batch in args.batches:
     models, images_np, labels_np, source = load_data(batch, args.smoke)
     images, targets, devices = harness.device_arrays(images_np, labels_np,
@@ -403,7 +404,7 @@ def worker(args) -> list[dict[str, Any]]:
             ours_compile_s=max(0.0, timings["ours"].first_s - timings["ours"].median_s),
             repeats=len(timings["ours"].times_s),
             rel_l2=rel_l2, max_rel=max_rel, compared_images=n, logit_error=logit_error,
-            source=source, accelerator=_accelerator(device),
+            source=source, accelerator=accelerator,
         )
         if method in RANDOM:  # random: compare with our own seed-to-seed spread
           again = np.asarray(ours(method, model, images, targets, references_np, seed=1)())
