@@ -11,7 +11,7 @@
 #
 #   bash benchmarks/gpu_run.sh              # writes benchmarks/results/gpu.{md,csv,machine.json}
 #
-# The run installs the carried wheels (Captum; Flax at the version the package pins;
+# The run installs the carried wheels (Captum and Flax at the CPU table's versions;
 # platformdirs) into /tmp/site, imports the package from src/, trains the two models on
 # the first 8,000 test digits as CI does (seconds on a GPU), and times the methods the
 # CPU table's goals name at batches 32 and 256 (bench.py --device gpu: no XLA flags, no
@@ -19,12 +19,15 @@
 # output folder) the results are copied there too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=(captum==0.9.0 flax==0.12.8 platformdirs==4.14.9)
 
 if [[ "${1:-}" == "--prepare" ]]; then
+  # Captum and Flax at the versions the CPU table was recorded with (its machine
+  # record), so the two tables differ by the device; platformdirs (Flax needs it) as is.
+  WHEELS=$(python3 -c 'import json; m = json.load(open("benchmarks/results/cpu.machine.json"))
+print("captum==%s flax==%s platformdirs" % (m["captum"], m["flax"]))')
   mkdir -p .whl .mnist
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_17_x86_64 -d .whl "${WHEELS[@]}"
+    --implementation cp --platform manylinux_2_17_x86_64 -d .whl $WHEELS
   cp "${SALIENCY_GUIDE_MNIST_DIR:-../shared/data/mnist}"/t10k-*-idx*-ubyte.gz .mnist/
   ls -l .whl .mnist
   exit 0
