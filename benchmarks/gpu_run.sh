@@ -12,11 +12,11 @@
 #   bash benchmarks/gpu_run.sh              # writes benchmarks/results/gpu.{md,csv,machine.json}
 #
 # The run installs the carried wheels (Captum and Flax at the CPU table's versions;
-# platformdirs) into /tmp/site, imports the package from src/, trains the two models on
-# the first 8,000 test digits as CI does (seconds on a GPU), and times the methods the
-# CPU table's goals name at batches 32 and 256 (bench.py --device gpu: no XLA flags, no
-# memory probe). Extra arguments go to bench.py. With $OUT set (the device tool's
-# output folder) the results are copied there too.
+# platformdirs) into /tmp/saliency_guide-site, imports the package from src/, trains
+# the two models on the first 8,000 test digits as CI does (seconds on a GPU), and
+# times the methods the CPU table's goals name at batches 32 and 256 (bench.py --device
+# gpu: no XLA flags, no memory probe). Extra arguments go to bench.py. With $OUT set
+# (the device tool's output folder) the results are copied there too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
